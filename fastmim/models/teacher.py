@@ -1,0 +1,146 @@
+"""The frozen teacher: any timm ViT, run on the full image, returning the requested block outputs and the
+masking importance from the last block's CLS-query attention row (never the attention maps).
+
+Known aliases: clip_b16, clip_l14, dino_b16 (DESIGN §1); any other timm VisionTransformer name works by the
+same rule: its input is resized so that its patch grid equals the student's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+from .teacher_weights import load_teacher_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# OpenAI CLIP was trained with QuickGELU: the timm names without `quickgelu` give wrong features.
+TEACHER_ALIASES = {
+    "clip_b16": "vit_base_patch16_clip_quickgelu_224.openai",
+    "clip_l14": "vit_large_patch14_clip_quickgelu_224.openai",
+    "dino_b16": "vit_base_patch16_224.dino",
+}
+
+
+@dataclass
+class TeacherOutput:
+    levels: torch.Tensor                 # [L, B, 1+N, D]: CLS row then patch rows, register tokens dropped
+    importance: torch.Tensor | None      # [B, N]: CLS→patch attention, softmax over all keys, head mean
+
+
+def resolve_teacher_name(name: str) -> str:
+    model_name = TEACHER_ALIASES.get(name, name)
+    if timm.is_model(model_name.split(".")[0]):
+        return model_name
+    raise ValueError(
+        f"unknown teacher {name!r}; known teachers: {', '.join(sorted(TEACHER_ALIASES))} "
+        "(or any timm ViT model name, e.g. vit_base_patch14_dinov2.lvd142m)"
+    )
+
+
+def fold_input_normalization(model: TimmViT, data_mean, data_std) -> None:
+    """Make the patch embedding take images normalized with (data_mean, data_std) instead of the teacher's
+    own statistics. The re-normalization is a per-channel affine map x·a + c and the patch embedding is
+    linear, so it folds into the weights (×a) and bias (+Σ W·c): no extra pass over the image."""
+    teacher_mean = torch.tensor(model.pretrained_cfg.get("mean", IMAGENET_MEAN), dtype=torch.float64)
+    teacher_std = torch.tensor(model.pretrained_cfg.get("std", IMAGENET_STD), dtype=torch.float64)
+    data_mean = torch.tensor(data_mean, dtype=torch.float64)
+    data_std = torch.tensor(data_std, dtype=torch.float64)
+    scale = data_std / teacher_std
+    shift = (data_mean - teacher_mean) / teacher_std
+    old = model.patch_embed.proj
+    weight = old.weight.detach().double()
+    bias = old.bias.detach().double() if old.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    new = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, bias=True)
+    with torch.no_grad():
+        new.weight.copy_(weight * scale[None, :, None, None])
+        new.bias.copy_(bias + (weight * shift[None, :, None, None]).sum(dim=(1, 2, 3)))
+    model.patch_embed.proj = new.to(old.weight.device)
+
+
+class Teacher(nn.Module):
+    def __init__(self, name: str, student_grid: int, weights: str = "random",
+                 data_mean=IMAGENET_MEAN, data_std=IMAGENET_STD, **timm_kwargs):
+        """weights: 'hub' (timm's pretrained download; only when the user asks for it), 'random', or the path
+        of a local .safetensors/.pth file. timm_kwargs override the architecture (tests and the demo use them
+        for tiny teachers)."""
+        super().__init__()
+        self.model_name = resolve_teacher_name(name)
+        self.model = self._build(student_grid, weights, timm_kwargs)
+        fold_input_normalization(self.model, data_mean, data_std)
+        self.num_prefix = self.model.num_prefix_tokens
+        self.depth = len(self.model.blocks)
+        self.embed_dim = self.model.embed_dim
+        self.requires_grad_(False)
+        self.eval()
+        self._last_qkv, self._capture = None, False
+        self.model.blocks[-1].attn.qkv.register_forward_hook(self._keep_last_qkv)
+
+    def _build(self, grid: int, weights: str, timm_kwargs: dict) -> TimmViT:
+        with torch.device("meta"):  # only to read the patch size; allocates nothing
+            architecture = timm.create_model(self.model_name.split(".")[0], pretrained=False, **timm_kwargs)
+        patch = architecture.patch_embed.patch_size[0]
+        self.img_size = grid * patch  # the teacher's grid must equal the student's
+        model = timm.create_model(self.model_name, pretrained=(weights == "hub"), num_classes=0,
+                                  img_size=self.img_size, **timm_kwargs)
+        if not isinstance(model, TimmViT) or not model.has_class_token:
+            raise ValueError(f"teacher {self.model_name!r} is not a timm VisionTransformer with a CLS token")
+        if weights not in ("hub", "random"):
+            load_teacher_weights(model, weights)
+        return model
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: always in eval mode (no dropout, no drop path)
+
+    def _keep_last_qkv(self, module, inputs, output):
+        if self._capture:
+            self._last_qkv = output
+
+    def cls_attention(self) -> torch.Tensor:
+        """softmax(q_cls·Kᵀ/√d) of the last block, averaged over heads, over patch keys only: [B, N]."""
+        attn = self.model.blocks[-1].attn
+        qkv = self._last_qkv
+        self._last_qkv = None
+        b, t, _ = qkv.shape
+        qkv = qkv.reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
+        scores = (q.float() @ k.float().transpose(-2, -1)) * attn.scale  # [B, H, 1, T]
+        return scores.softmax(dim=-1).mean(dim=1)[:, 0, self.num_prefix:]
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.img_size or images.shape[-2] != self.img_size:
+            # e.g. CLIP ViT-L/14 at 196 px so its 14×14 grid matches a /16 student at 224 px
+            images = F.interpolate(images, size=(self.img_size, self.img_size), mode="bicubic", align_corners=False)
+        return images.to(self.model.patch_embed.proj.weight.dtype)
+
+    def select_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """CLS token and patch tokens; register tokens are dropped."""
+        if self.num_prefix == 1:
+            return x
+        return torch.cat([x[:, :1], x[:, self.num_prefix:]], dim=1)
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor, levels: list[int], importance: bool = True) -> TeacherOutput:
+        """levels: 1-based block indices whose outputs are wanted."""
+        bad = [level for level in levels if not 1 <= level <= self.depth]
+        if bad:
+            raise ValueError(f"teacher levels must be in 1..{self.depth}, got {bad}")
+        m = self.model
+        x = m.norm_pre(m._pos_embed(m.patch_embed(self.prepare(images))))
+        last = self.depth if importance else max(levels)
+        wanted, outputs = set(levels), {}
+        self._capture = importance
+        for index, block in enumerate(m.blocks[:last], start=1):
+            x = block(x)
+            if index in wanted:
+                outputs[index] = self.select_tokens(x)
+        self._capture = False
+        return TeacherOutput(
+            levels=torch.stack([outputs[level] for level in levels]),
+            importance=self.cls_attention() if importance else None,
+        )

@@ -1,0 +1,153 @@
+"""The student ViT: MAE-style encoder that embeds only the kept patches and returns every block's output.
+
+State-dict keys are timm's `vit_<size>_patch16_224` keys (patch_embed.proj, cls_token, pos_embed,
+blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}, norm), so a pretrained student loads into
+timm for fine-tuning with only the classifier head missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, Mlp
+
+from fastmim import ops
+
+from .attention import attention, resolve_backend
+from .pos_embed import sincos_2d
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    embed_dim: int
+    depth: int
+    num_heads: int
+
+
+SIZES = {
+    "tiny": ViTSize(192, 12, 3),
+    "small": ViTSize(384, 12, 6),
+    "base": ViTSize(768, 12, 12),
+    "large": ViTSize(1024, 24, 16),
+    "huge": ViTSize(1280, 32, 16),
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, self.backend)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with timm's parameter names."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, backend: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, backend)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Holds the Conv2d weights under timm's name; the computation is `ops.masked_patch_embed`."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 attn_backend: str = "sdpa"):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.grid = img_size // patch_size
+        self.num_patches = self.grid * self.grid
+        self.embed_dim, self.depth = embed_dim, depth
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # Fixed, not learned: a Parameter without grad (as MAE) so timm finds `pos_embed` in the state dict.
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid, self.grid)[None], requires_grad=False)
+        rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r, attn_backend) for r in rates)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)  # kept for timm; MaskAlign levels are pre-norm
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """MAE's initialisation: xavier-uniform linears and patch projection, N(0, .02) CLS token."""
+        nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(self.embed_dim, -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def set_attention_backend(self, name: str, device) -> str:
+        backend = resolve_backend(name, device)
+        for block in self.blocks:
+            block.attn.backend = backend
+        return backend
+
+    def check_images(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != self.in_chans:
+            raise ValueError(f"images must be [B, {self.in_chans}, H, W], got {list(images.shape)}")
+        if tuple(images.shape[-2:]) != (self.img_size, self.img_size):
+            raise ValueError(f"images must be {self.img_size}x{self.img_size}, got "
+                             f"{images.shape[-2]}x{images.shape[-1]}")
+
+    def embed(self, images: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
+        """CLS token followed by the kept patches' embeddings (all patches when ids_keep is None)."""
+        self.check_images(images)
+        if ids_keep is None:
+            ids_keep = torch.arange(self.num_patches, device=images.device).expand(images.shape[0], -1)
+        proj = self.patch_embed.proj
+        patches = ops.masked_patch_embed(images, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:])
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(images.shape[0], -1, -1)
+        return torch.cat([cls.to(patches.dtype), patches], dim=1)
+
+    def forward(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None,
+                depth: int | None = None) -> list[torch.Tensor]:
+        """Outputs of blocks 1..depth (all by default), each [B, 1+K, D], before the final norm."""
+        x = self.embed(images, ids_keep)
+        levels = []
+        for block in self.blocks[: depth or self.depth]:
+            x = block(x)
+            levels.append(x)
+        return levels
+
+
+def vit_model(size: str = "base", **kwargs) -> VisionTransformer:
+    """A student by size name (tiny/small/base/large/huge); kwargs override the size's defaults."""
+    if size not in SIZES:
+        raise ValueError(f"unknown student size {size!r}; known: {sorted(SIZES)}")
+    spec = SIZES[size]
+    params = dict(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads)
+    params.update(kwargs)
+    return VisionTransformer(**params)

@@ -1,0 +1,53 @@
+"""Input validation shared by the ops. Every message names the offending argument, so a user calling
+an op from their own project learns what to fix without reading our code."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_tensor(name: str, t, ndim: int | None = None, floating: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if floating and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float64/float32/bfloat16/float16, got {t.dtype}")
+
+
+def check_shape(name: str, t: torch.Tensor, expected: tuple) -> None:
+    """`expected` may hold None for dimensions that are free."""
+    ok = t.dim() == len(expected) and all(e is None or s == e for s, e in zip(t.shape, expected))
+    if not ok:
+        want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
+        raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
+
+
+def check_same_device(reference_name: str, reference: torch.Tensor, **others) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != reference.device:
+            raise ValueError(f"{name} is on {t.device} but {reference_name} is on {reference.device}")
+
+
+def check_indices(name: str, ids: torch.Tensor, upper: int) -> None:
+    """int64 indices in [0, upper). On the CPU a bad value raises IndexError naming the argument. On the GPU
+    a host-side check would synchronize every step, so it becomes an asynchronous device assertion with
+    the same message; inside torch.compile the value check is left to the kernels."""
+    check_tensor(name, ids, ndim=2, floating=False)
+    if ids.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64, got {ids.dtype}")
+    if ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    message = f"{name} holds values outside [0, {upper})"
+    if ids.device.type == "cpu":
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= upper:
+            raise IndexError(f"{message}: min {low}, max {high}")
+    else:
+        torch._assert_async(((ids >= 0) & (ids < upper)).all(), message)
+
+
+def check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,6 @@
+"""The pure-PyTorch references of every op: the semantics the compiled kernels must reproduce."""
+from .align_loss import align_loss_reference as align_loss
+from .dynamic_align import dynamic_align_reference as dynamic_align
+from .masked_patch_embed import masked_patch_embed_reference as masked_patch_embed
+
+__all__ = ["masked_patch_embed", "dynamic_align", "align_loss"]
