@@ -91,7 +91,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # Fixed, not learned: a Parameter without grad (as MAE) so timm finds `pos_embed` in the state dict.
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid, self.grid)[None], requires_grad=False)
-        rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth grows with depth
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r, attn_backend) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)  # kept for timm; MaskAlign levels are pre-norm
         self.reset_parameters()

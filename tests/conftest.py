@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+from fastmim.methods.maskalign import MaskAlignConfig
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def tiny_config(**overrides) -> MaskAlignConfig:
+    """A MaskAlign small enough for many CPU tests: 64 px images, 16 patches, depth-4 student and teacher."""
+    params = dict(
+        student="tiny", student_kwargs=dict(embed_dim=64, depth=4, num_heads=2), img_size=64, drop_path=0.0,
+        teacher="vit_tiny_patch16_224", teacher_weights="random", teacher_kwargs=dict(depth=4),
+        level_weights="top2",
+    )
+    params.update(overrides)
+    return MaskAlignConfig(**params)
+
+
+@pytest.fixture
+def tiny_cfg():
+    return tiny_config()

@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from fastmim.methods.maskalign import MaskAlign
+from tests.conftest import tiny_config
+from tests.methods.official_transcription import official_loss
+
+VARIANTS = [
+    {},  # the defaults of the tiny config: linear fusion, linear heads, layernorm targets, smooth_l1, top2
+    dict(fusion="sum"), dict(fusion="simple"),
+    dict(head="norm_linear"), dict(head="mlp"), dict(head="mlp2"),
+    dict(target_norm="l2"), dict(target_norm="batchnorm"), dict(target_norm="none"),
+    dict(loss="l2"), dict(loss="l1"), dict(loss="cosine"),
+    dict(level_weights="mean"), dict(level_weights="out"), dict(level_weights="linear_decay"),
+    dict(level_weights="mid2"), dict(level_weights="top4"),
+    dict(mask_mode="random"),
+    dict(fusion="sum", student_kwargs=dict(embed_dim=64, depth=6, num_heads=2)),  # deeper student
+]
+
+
+def spare_heads(method):
+    torch.manual_seed(123)
+    dim_in, dim_out = method.student.embed_dim, method.teacher.embed_dim
+    return [torch.nn.Linear(dim_in, dim_out) for _ in range(method.teacher.depth)]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_loss_and_gradients_equal_the_official_computation(overrides):
+    torch.manual_seed(0)
+    method = MaskAlign(tiny_config(**overrides))
+    with torch.no_grad():  # make every DA weight matter, not just the identity-like init
+        if method.mix is not None:
+            method.mix.add_(torch.randn_like(method.mix) * 0.1)
+    images = torch.randn(3, 3, 64, 64)
+    out = method(images)
+    grads = torch.autograd.grad(out.loss, [p for p in method.parameters() if p.requires_grad])
+    expected = official_loss(method, images, out.ids_keep, spare_heads(method))
+    expected_grads = torch.autograd.grad(expected, [p for p in method.parameters() if p.requires_grad])
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-7)
+    for ours, theirs in zip(grads, expected_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_only_supervised_levels_are_computed():
+    method = MaskAlign(tiny_config(level_weights="mid2", fusion="simple"))
+    assert method.levels == [2] and method.head_weight.shape[0] == 1
+    # blocks deeper than level 2 are never run, so they hold no trainable parameters (DDP needs none unused)
+    assert not any(p.requires_grad for p in method.student.blocks[2:].parameters())
+    out = method(torch.randn(2, 3, 64, 64))
+    out.loss.backward()
+    assert all(p.grad is not None for p in method.parameters() if p.requires_grad)
+
+
+def test_vit_base_student_with_clip_b16_teacher_on_cpu():
+    torch.manual_seed(0)
+    method = MaskAlign(tiny_config(student="base", student_kwargs={}, img_size=224, drop_path=0.1,
+                                   teacher="clip_b16", teacher_kwargs={}, level_weights="top5"))
+    out = method(torch.randn(2, 3, 224, 224))
+    assert out.ids_keep.shape == (2, 58) and out.level_losses.shape == (5,)
+    assert math.isfinite(out.loss.item())
+    out.loss.backward()
+    assert method.student.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert method.student.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert method.mix.grad.abs().sum() > 0 and method.head_weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.teacher.parameters())
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+
+
+def test_linear_fusion_needs_equal_depths():
+    with pytest.raises(ValueError, match="fusion 'linear' needs equal depths"):
+        MaskAlign(tiny_config(student_kwargs=dict(embed_dim=64, depth=6, num_heads=2)))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("mask_ratio", 1.0, "mask_ratio must be in"), ("loss", "huber", "loss must be one of"),
+    ("target_norm", "whiten", "target_norm must be one of"), ("fusion", "concat", "fusion must be one of"),
+    ("head", "conv", "head must be one of"), ("level_weights", "top9", "K must be in 1..4"),
+    ("img_size", 60, "not divisible by patch_size"), ("teacher", "clip_b99", "known teachers: clip_b16"),
+    ("attn_backend", "flash", "flash_attn"),
+])
+def test_bad_options_are_named(field, value, message):
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        MaskAlign(tiny_config(**{field: value}))
+
+
+def test_param_groups_exclude_biases_norms_tokens_and_da_weights():
+    method = MaskAlign(tiny_config())
+    decay, no_decay = method.param_groups(0.05)
+    names = {id(p): n for n, p in method.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert {"mix", "student.cls_token", "head_bias", "student.blocks.0.norm1.weight"} <= no_decay_names
+    assert "student.blocks.0.attn.qkv.bias" in no_decay_names
+    assert {"head_weight", "student.blocks.0.attn.qkv.weight", "student.patch_embed.proj.weight"} <= decay_names
+    assert "student.pos_embed" not in decay_names | no_decay_names  # fixed, not trained
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_teacher_is_not_in_the_state_dict_but_moves_with_the_method():
+    method = MaskAlign(tiny_config())
+    assert not any(k.startswith("teacher") for k in method.state_dict())
+    method.to(torch.float64)
+    assert next(method.teacher.parameters()).dtype == torch.float64
