@@ -1,0 +1,69 @@
+"""`python -m fastmim.export CHECKPOINT --out FILE.safetensors`: the student as a timm state dict.
+
+The file loads with `timm.create_model("vit_base_patch16_224", checkpoint_path=FILE)` (or the matching size):
+its keys are timm's, and a zero-initialized 1000-class head is included so that timm's strict loading
+finds every key (fine-tuning re-initializes the head anyway; `--head-classes 0` leaves it out, for
+`num_classes=0` models).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def student_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    if "method" not in checkpoint:
+        raise ValueError("not a fastmim checkpoint: it has no 'method' entry")
+    prefix = "student."
+    return {k[len(prefix):]: v.contiguous() for k, v in checkpoint["method"].items() if k.startswith(prefix)}
+
+
+def timm_call(checkpoint: dict, path: str) -> str:
+    """The timm call that rebuilds this student (its size's timm name; img_size when it is not 224)."""
+    method = checkpoint.get("config", {}).get("method", {})
+    size, patch, img = method.get("student", "base"), method.get("patch_size", 16), method.get("img_size", 224)
+    extra = "".join(f", {k}={v!r}" for k, v in method.get("student_kwargs", {}).items())
+    extra += f", img_size={img}" if img != 224 else ""
+    return f"timm.create_model('vit_{size}_patch{patch}_224'{extra}, checkpoint_path={path!r})"
+
+
+def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 1000) -> str:
+    from safetensors.torch import save_file
+
+    from fastmim.train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(Path(checkpoint_path))
+    state = student_state_dict(checkpoint)
+    if head_classes > 0:
+        dim = state["cls_token"].shape[-1]
+        state["head.weight"] = torch.zeros(head_classes, dim)
+        state["head.bias"] = torch.zeros(head_classes)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "source": "fastmim"})
+    tmp.replace(out)
+    return timm_call(checkpoint, str(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastmim.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a fastmim checkpoint, e.g. runs/demo/checkpoints/last.pt")
+    parser.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to write the student")
+    parser.add_argument("--head-classes", type=int, default=1000, metavar="N",
+                        help="add a zero-initialized N-class head (default 1000); 0 leaves it out")
+    args = parser.parse_args(argv)
+    try:
+        call = export(args.checkpoint, args.out, args.head_classes)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        parser.error(str(error))
+    print(f"wrote {args.out}; load it with {call}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

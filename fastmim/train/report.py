@@ -1,0 +1,43 @@
+"""End-of-run outputs: summary.json, the loss-curve picture and a rich summary table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    (Path(folder) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
+    if not metrics:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in metrics]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(steps, [m["loss"] for m in metrics], label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("MaskAlign pretraining loss")
+    ax.grid(alpha=0.3)
+    path = Path(folder) / "loss_curve.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def print_summary(summary: dict, console: Console | None = None) -> None:
+    table = Table(title="fastmim pretraining summary")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    (console or Console()).print(table)

@@ -1,0 +1,231 @@
+"""The trainer: composes the distributed set-up, the method, the data, the optimizer, checkpoints and
+logging into the pretraining loop. It drives any method through one small interface: the module's
+forward returns an object with `.loss` and `.level_losses`, and `param_groups(weight_decay)`."""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from fastmim import ops
+from fastmim.config import Config, to_dict, to_yaml
+from fastmim.data import build_loader
+from fastmim.methods.maskalign import MaskAlign
+
+from . import distributed as dist_utils
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .metrics import MetricsWriter, read_metrics
+from .optim import build_optimizer, set_lr
+from .progress import ProgressReporter
+from .report import plot_loss_curve, print_summary, write_summary
+from .rng import get_rng_state, set_rng_state
+from .schedule import learning_rate, peak_lr
+from .step import StepStats, train_step
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.dist = dist_utils.setup(cfg.train.device)
+        self.device = self.dist.device
+        self.output = Path(cfg.train.output)
+        ops.set_kernels(cfg.train.kernels)
+        self.loader = build_loader(cfg.data, self.dist.rank, self.dist.world_size, self.device)
+        self.method = self._build_method()
+        self.model = self._wrap(self.method)
+        self.accum = cfg.optim.accum_steps
+        self.steps_per_epoch = len(self.loader) // self.accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the data gives {len(self.loader)} batches per epoch per process, fewer than "
+                             f"optim.accum_steps={self.accum}: lower --batch-size or use more images")
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.stop_step = min(self.total_steps, cfg.train.max_steps or self.total_steps)
+        self.global_batch = cfg.data.batch_size * self.dist.world_size * self.accum
+        self.peak_lr = peak_lr(cfg.optim.base_lr, self.global_batch)
+        self.warmup_steps = int(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.optimizer = build_optimizer(cfg.optim.optimizer, self.method.param_groups(cfg.optim.weight_decay),
+                                         self.peak_lr, cfg.optim.betas)
+        self.nonfinite_seen = 0  # non-finite steps since this process started (read at logging points)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                         else contextlib.nullcontext())  # bf16 on GPUs (no GradScaler needed), fp32 on the CPU
+
+    # --- construction -------------------------------------------------------------------------------
+    def _build_method(self) -> MaskAlign:
+        torch.manual_seed(self.cfg.train.seed)  # identical teacher and initial student on every rank
+        method = MaskAlign(self.cfg.method).to(self.device)
+        method.set_attention_backend(self.cfg.method.attn_backend, self.device)
+        if self.device.type == "cuda":
+            method.teacher.to(torch.bfloat16)  # frozen: bf16 weights, half the memory traffic
+        if self.cfg.train.compile:
+            for block in method.student.blocks:
+                block.compile()
+        torch.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank)  # masks and drop path differ per rank
+        return method
+
+    def _wrap(self, method):
+        if self.dist.world_size == 1:
+            return method
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(method, device_ids=ids)  # every trainable parameter is used: no search
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def checkpoint_state(self, step: int, skipped: int, nonfinite: int) -> dict:
+        return {
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "loaders": dist_utils.gather_objects(self.loader.state_dict()),
+            "rng": dist_utils.gather_objects(get_rng_state(self.device)),
+            "world_size": self.dist.world_size,
+            "skipped_images": skipped,
+            "nonfinite_steps": nonfinite,
+            "config": to_dict(self.cfg),
+        }
+
+    def restore(self, path: Path) -> dict:
+        state = load_checkpoint(path)
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["world_size"] != self.dist.world_size:
+            raise ValueError(f"checkpoint {str(path)!r} was written by {state['world_size']} processes; resuming "
+                             f"with {self.dist.world_size} would change the data order (use the same count)")
+        return state
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, main = self.cfg, self.dist.is_main
+        resume_path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
+        state = self.restore(resume_path) if resume_path else None
+        step = state["step"] if state else 0
+        if main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "config.yaml").write_text(to_yaml(cfg))
+        writer = MetricsWriter(self.output, step, cfg.train.tensorboard) if main else None
+        progress = ProgressReporter(self.stop_step, step, enabled=main)
+        if resume_path:
+            progress.log(f"resumed from {resume_path} at step {step}")
+        try:
+            summary = self._loop(step, state, writer, progress)
+        finally:
+            progress.close()
+            if writer:
+                writer.close()
+        if main:
+            self._finish(summary)
+        dist_utils.barrier()
+        dist_utils.teardown()
+        return summary
+
+    def _epoch_iterator(self, epoch: int, step: int, state: dict | None):
+        """The batches left in `epoch`, continuing the saved position and RNG when resuming. RNG states are put
+        back where the uninterrupted run had them: before the epoch's iterator was made when the checkpoint
+        fell on an epoch boundary, after it otherwise (making an iterator may draw from the global RNG)."""
+        self.loader.set_epoch(epoch)
+        mid_epoch = state is not None and step % self.steps_per_epoch != 0
+        if state is not None and not mid_epoch:
+            set_rng_state(state["rng"][self.dist.rank], self.device)
+        if mid_epoch:
+            self.loader.load_state_dict(state["loaders"][self.dist.rank])
+        iterator = iter(self.loader)
+        if mid_epoch:
+            set_rng_state(state["rng"][self.dist.rank], self.device)
+        return iterator
+
+    def _next_micro_batches(self, iterator) -> list[torch.Tensor] | None:
+        batches = []
+        for _ in range(self.accum):
+            images = next(iterator, None)
+            if images is None:
+                return None
+            batches.append(images.to(self.device, non_blocking=True))
+        return batches
+
+    def _loop(self, step: int, state: dict | None, writer, progress) -> dict:
+        cfg = self.cfg.train
+        skipped_before = state["skipped_images"] if state else 0
+        nonfinite_before = state["nonfinite_steps"] if state else 0
+        stats = StepStats.zeros(self.device)
+        images_done, run_start = 0, time.perf_counter()
+        window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
+        last_loss, epoch = float("nan"), step // self.steps_per_epoch
+        self.model.train()
+        while step < self.stop_step:
+            epoch = step // self.steps_per_epoch
+            iterator = self._epoch_iterator(epoch, step, state)
+            state = None
+            while step < self.stop_step:
+                fetch_start = time.perf_counter()
+                micro = self._next_micro_batches(iterator)
+                window["wait"] += time.perf_counter() - fetch_start
+                if micro is None:
+                    break  # epoch exhausted
+                set_lr(self.optimizer, learning_rate(step, self.peak_lr, self.cfg.optim.min_lr,
+                                                     self.warmup_steps, self.total_steps))
+                train_step(self.model, self.optimizer, micro, self.autocast, self.cfg.optim.clip_grad, stats)
+                step += 1
+                batch_images = sum(m.shape[0] for m in micro)
+                images_done += batch_images
+                window["images"] += batch_images
+                if step % cfg.log_every == 0 or step == self.stop_step:
+                    last_loss = self._log(step, epoch, stats, window, writer, progress,
+                                          skipped_before, nonfinite_before)
+                    stats, window = StepStats.zeros(self.device), {"start": time.perf_counter(), "wait": 0.0,
+                                                                   "images": 0}
+                if step % cfg.checkpoint_every == 0 or step == self.stop_step:
+                    self._save(step, skipped_before, nonfinite_before)
+        seconds = time.perf_counter() - run_start
+        global_images = int(dist_utils.all_reduce_sum(torch.tensor(float(images_done))).item())
+        return {
+            "steps": step, "epochs": epoch + (1 if step == self.total_steps else 0), "images": global_images,
+            "seconds": round(seconds, 3), "images_per_sec": global_images / seconds if seconds > 0 else 0.0,
+            "final_loss": last_loss, "skipped_images": skipped_before + self._skipped(),
+            "nonfinite_steps": nonfinite_before + self.nonfinite_seen,
+        }
+
+    def _skipped(self) -> int:
+        return int(dist_utils.all_reduce_sum(torch.tensor(float(self.loader.skipped))).item())
+
+    def _log(self, step, epoch, stats: StepStats, window, writer, progress, skipped_before, nonfinite_before):
+        """The only host synchronization of the loop: gather the window's device-side sums."""
+        sums = torch.stack([stats.loss_sum, stats.finite_steps, stats.nonfinite_total, stats.nonfinite_in_a_row])
+        sums = dist_utils.all_reduce_sum(sums.float()).cpu()
+        levels = dist_utils.all_reduce_sum(stats.level_loss_sum.float()).cpu() if stats.level_loss_sum is not None else None
+        loss_sum, finite, nonfinite, in_a_row = sums.tolist()
+        self.nonfinite_seen += int(nonfinite / self.dist.world_size)
+        if in_a_row / self.dist.world_size >= self.cfg.train.max_nonfinite:
+            raise NonFiniteLossError(
+                f"the loss was not finite for {int(in_a_row / self.dist.world_size)} steps in a row (limit "
+                f"train.max_nonfinite={self.cfg.train.max_nonfinite}) at step {step}; lower the learning rate, "
+                "enable optim.clip_grad, or check the data")
+        elapsed = time.perf_counter() - window["start"]
+        loss = loss_sum / finite if finite else float("nan")
+        record = {
+            "step": step, "epoch": epoch, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_sec": window["images"] * self.dist.world_size / elapsed if elapsed > 0 else 0.0,
+            "data_wait": window["wait"] / elapsed if elapsed > 0 else 0.0,
+            "level_losses": [v / finite for v in levels.tolist()] if levels is not None and finite else [],
+            "skipped_images": skipped_before + self._skipped(),
+            "nonfinite_steps": nonfinite_before + self.nonfinite_seen,
+        }
+        if writer:
+            writer.write(record)
+        progress.update(record)
+        return loss
+
+    def _save(self, step, skipped_before, nonfinite_before):
+        state = self.checkpoint_state(step, skipped_before + self._skipped(), nonfinite_before + self.nonfinite_seen)
+        if self.dist.is_main:
+            save_checkpoint(state, self.output / "checkpoints", step, self.cfg.train.keep_checkpoints)
+        dist_utils.barrier()
+
+    def _finish(self, summary: dict) -> None:
+        write_summary(self.output, summary)
+        plot_loss_curve(self.output, read_metrics(self.output / "metrics.jsonl"))
+        print_summary(summary)
