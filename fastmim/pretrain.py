@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fastmim.train.trainer import Trainer  # heavy imports only when training
 
-    Trainer(cfg).run()
+    try:
+        trainer = Trainer(cfg)  # everything that can be wrong with the input is found here, before any work
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    trainer.run()
     return 0
 
 

@@ -43,16 +43,21 @@ def resolve_teacher_name(name: str) -> str:
     )
 
 
-def fold_input_normalization(model: TimmViT, data_mean, data_std) -> None:
-    """Make the patch embedding take images normalized with (data_mean, data_std) instead of the teacher's
-    own statistics. The re-normalization is a per-channel affine map x·a + c and the patch embedding is
-    linear, so it folds into the weights (×a) and bias (+Σ W·c): no extra pass over the image."""
+def renormalization(model: TimmViT, data_mean, data_std) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), float64 per channel: images normalized with the data's statistics times scale plus
+    shift are normalized with the teacher's own (CLIP's, for a CLIP teacher)."""
     teacher_mean = torch.tensor(model.pretrained_cfg.get("mean", IMAGENET_MEAN), dtype=torch.float64)
     teacher_std = torch.tensor(model.pretrained_cfg.get("std", IMAGENET_STD), dtype=torch.float64)
     data_mean = torch.tensor(data_mean, dtype=torch.float64)
     data_std = torch.tensor(data_std, dtype=torch.float64)
-    scale = data_std / teacher_std
-    shift = (data_mean - teacher_mean) / teacher_std
+    return data_std / teacher_std, (data_mean - teacher_mean) / teacher_std
+
+
+def fold_input_normalization(model: TimmViT, data_mean, data_std) -> None:
+    """Make the patch embedding take images normalized with (data_mean, data_std) instead of the teacher's
+    own statistics. The re-normalization is a per-channel affine map x·a + c and the patch embedding is
+    linear, so it folds into the weights (×a) and bias (+Σ W·c): no extra pass over the image."""
+    scale, shift = renormalization(model, data_mean, data_std)
     old = model.patch_embed.proj
     weight = old.weight.detach().double()
     bias = old.bias.detach().double() if old.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
@@ -72,6 +77,7 @@ class Teacher(nn.Module):
         super().__init__()
         self.model_name = resolve_teacher_name(name)
         self.model = self._build(student_grid, weights, timm_kwargs)
+        self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
         fold_input_normalization(self.model, data_mean, data_std)
         self.num_prefix = self.model.num_prefix_tokens
         self.depth = len(self.model.blocks)

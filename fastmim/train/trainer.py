@@ -183,7 +183,7 @@ class Trainer:
         seconds = time.perf_counter() - run_start
         global_images = int(dist_utils.all_reduce_sum(torch.tensor(float(images_done))).item())
         return {
-            "steps": step, "epochs": epoch + (1 if step == self.total_steps else 0), "images": global_images,
+            "steps": step, "epochs": round(step / self.steps_per_epoch, 3), "images": global_images,
             "seconds": round(seconds, 3), "images_per_sec": global_images / seconds if seconds > 0 else 0.0,
             "final_loss": last_loss, "skipped_images": skipped_before + self._skipped(),
             "nonfinite_steps": nonfinite_before + self.nonfinite_seen,

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from fastmim.methods.maskalign_reference import importance_from_maps
+from fastmim.methods.maskalign_reference import naive_teacher as library_naive_teacher
 from fastmim.models.teacher import IMAGENET_MEAN, IMAGENET_STD, Teacher
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,6 +49,10 @@ def test_clip_b16_levels_and_importance_equal_naive(tmp_path):
         levels, importance = naive_teacher(model, images, CLIP_MEAN, CLIP_STD)
     torch.testing.assert_close(out.levels, levels, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.importance, importance, rtol=1e-5, atol=1e-7)
+    # the benchmarks' reference path (unfolds the folded weights, keeps every attention map) agrees too
+    ref_levels, maps = library_naive_teacher(teacher, images)
+    torch.testing.assert_close(ref_levels, levels, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(importance_from_maps(teacher, maps), importance, rtol=1e-5, atol=1e-7)
     # only the asked-for levels come back, in the asked order
     torch.testing.assert_close(teacher(images, [12, 3]).levels, levels[[11, 2]], rtol=1e-4, atol=1e-4)
 
