@@ -30,6 +30,7 @@ class TrainConfig:
     resume: str = "auto"              # auto / never / a checkpoint path
     device: str = "auto"              # auto / cpu / cuda
     kernels: str = "auto"             # auto / fused / reference
+    precision: str = "auto"           # auto (bf16 on CUDA, fp32 on the CPU) / bf16 / fp32
     compile: bool = False             # torch.compile the student blocks
     seed: int = 0
     log_every: int = 20               # steps between gathered losses / metric lines (the only host syncs)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from fastmim import ops
-from fastmim.models.teacher import IMAGENET_MEAN, IMAGENET_STD, Teacher
+from fastmim.models.teacher import IMAGENET_MEAN, IMAGENET_STD, Teacher, TeacherOutput
 from fastmim.models.vit import VisionTransformer, vit_model
 
 from .heads import initial_mix, make_head
@@ -141,7 +141,14 @@ class MaskAlign(nn.Module):
         return teacher_levels, self.cfg.target_norm
 
     def forward(self, images: torch.Tensor) -> MaskAlignOutput:
-        teacher_out = self.teacher(images, self.levels, importance=self.cfg.mask_mode == "attention")
+        return self.student_loss(images, self.teacher_targets(images))
+
+    def teacher_targets(self, images: torch.Tensor) -> TeacherOutput:
+        """The frozen half of the step: supervised teacher levels and, for attention masking, importance."""
+        return self.teacher(images, self.levels, importance=self.cfg.mask_mode == "attention")
+
+    def student_loss(self, images: torch.Tensor, teacher_out: TeacherOutput) -> MaskAlignOutput:
+        """The trained half: masking, the student on the kept patches, DA + heads, the loss."""
         ids_keep = keep_indices(self.cfg.mask_mode, self.cfg.mask_ratio, images.shape[0],
                                 self.student.num_patches, images.device, teacher_out.importance)
         hidden = self.student(images, ids_keep, depth=max(self.student_levels))

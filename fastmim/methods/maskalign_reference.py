@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastmim.models.teacher import Teacher, renormalization
+from fastmim.models.teacher import Teacher, TeacherOutput, renormalization
 
 from .maskalign import MaskAlign, MaskAlignOutput
 from .masking import keep_indices
@@ -123,14 +123,23 @@ class MaskAlignReference(nn.Module):
         return method.heads[i]
 
     def forward(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> MaskAlignOutput:
+        return self.student_loss(images, self.teacher_targets(images), ids_keep)
+
+    def teacher_targets(self, images: torch.Tensor) -> TeacherOutput:
+        """Every level, every attention map (kept alive, as the original code returns them)."""
+        levels, maps = naive_teacher(self.method.teacher, images)
+        self.attention_maps = maps
+        return TeacherOutput(levels, importance_from_maps(self.method.teacher, maps))
+
+    def student_loss(self, images: torch.Tensor, teacher_out: TeacherOutput,
+                     ids_keep: torch.Tensor | None = None) -> MaskAlignOutput:
         method, cfg = self.method, self.method.cfg
-        teacher_levels, maps = naive_teacher(method.teacher, images)
         if ids_keep is None:
-            importance = importance_from_maps(method.teacher, maps) if cfg.mask_mode == "attention" else None
+            importance = teacher_out.importance if cfg.mask_mode == "attention" else None
             ids_keep = keep_indices(cfg.mask_mode, cfg.mask_ratio, images.shape[0], method.student.num_patches,
                                     images.device, importance)
         rows = torch.cat([torch.zeros_like(ids_keep[:, :1]), ids_keep + 1], dim=1)
-        targets = normalize_all_tokens(teacher_levels, cfg.target_norm)
+        targets = normalize_all_tokens(teacher_out.levels, cfg.target_norm)
         targets = targets[:, torch.arange(images.shape[0], device=images.device)[:, None], rows]
 
         hidden = torch.stack(student_conv_then_gather(method, images, ids_keep))

@@ -30,12 +30,28 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {name!r}")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast (no GradScaler needed: bf16 has fp32's range), or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.dist = dist_utils.setup(cfg.train.device)
         self.device = self.dist.device
         self.output = Path(cfg.train.output)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
         ops.set_kernels(cfg.train.kernels)
         self.loader = build_loader(cfg.data, self.dist.rank, self.dist.world_size, self.device)
         self.method = self._build_method()
@@ -53,15 +69,14 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim.optimizer, self.method.param_groups(cfg.optim.weight_decay),
                                          self.peak_lr, cfg.optim.betas)
         self.nonfinite_seen = 0  # non-finite steps since this process started (read at logging points)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                         else contextlib.nullcontext())  # bf16 on GPUs (no GradScaler needed), fp32 on the CPU
+        self.autocast = autocast_for(self.device, self.precision)
 
     # --- construction -------------------------------------------------------------------------------
     def _build_method(self) -> MaskAlign:
         torch.manual_seed(self.cfg.train.seed)  # identical teacher and initial student on every rank
         method = MaskAlign(self.cfg.method).to(self.device)
         method.set_attention_backend(self.cfg.method.attn_backend, self.device)
-        if self.device.type == "cuda":
+        if self.precision == "bf16":
             method.teacher.to(torch.bfloat16)  # frozen: bf16 weights, half the memory traffic
         if self.cfg.train.compile:
             for block in method.student.blocks:
