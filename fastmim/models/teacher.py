@@ -84,8 +84,10 @@ class Teacher(nn.Module):
         self.embed_dim = self.model.embed_dim
         self.requires_grad_(False)
         self.eval()
-        self._last_qkv, self._capture = None, False
-        self.model.blocks[-1].attn.qkv.register_forward_hook(self._keep_last_qkv)
+        last_attn = self.model.blocks[-1].attn
+        if getattr(last_attn, "gate", None) is not None or not hasattr(last_attn, "qkv"):
+            raise ValueError(f"teacher {self.model_name!r}: its last block's attention is not timm's standard "
+                             "fused-qkv Attention, which the CLS-row importance needs")
 
     def _build(self, grid: int, weights: str, timm_kwargs: dict) -> TimmViT:
         with torch.device("meta"):  # only to read the patch size; allocates nothing
@@ -103,20 +105,21 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: always in eval mode (no dropout, no drop path)
 
-    def _keep_last_qkv(self, module, inputs, output):
-        if self._capture:
-            self._last_qkv = output
-
-    def cls_attention(self) -> torch.Tensor:
-        """softmax(q_cls·Kᵀ/√d) of the last block, averaged over heads, over patch keys only: [B, N]."""
-        attn = self.model.blocks[-1].attn
-        qkv = self._last_qkv
-        self._last_qkv = None
-        b, t, _ = qkv.shape
-        qkv = qkv.reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
-        scores = (q.float() @ k.float().transpose(-2, -1)) * attn.scale  # [B, H, 1, T]
-        return scores.softmax(dim=-1).mean(dim=1)[:, 0, self.num_prefix:]
+    def last_block_with_importance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """timm's Block.forward for the last block, written out so that the CLS-query attention row comes from
+        the same q and K the block uses: softmax(q_cls·Kᵀ/√d) averaged over heads, over patch keys [B, N].
+        The full attention map is never formed (SDPA computes the block's attention)."""
+        block = self.model.blocks[-1]
+        attn = block.attn
+        b, t, _ = x.shape
+        qkv = attn.qkv(block.norm1(x)).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
+        scores = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * attn.scale  # [B, H, 1, T]
+        importance = scores.softmax(dim=-1).mean(dim=1)[:, 0, self.num_prefix:]
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+        x = x + block.drop_path1(block.ls1(attn.proj(attn.norm(out))))
+        x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return x, importance
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.img_size or images.shape[-2] != self.img_size:
@@ -139,14 +142,12 @@ class Teacher(nn.Module):
         m = self.model
         x = m.norm_pre(m._pos_embed(m.patch_embed(self.prepare(images))))
         last = self.depth if importance else max(levels)
-        wanted, outputs = set(levels), {}
-        self._capture = importance
+        wanted, outputs, cls_importance = set(levels), {}, None
         for index, block in enumerate(m.blocks[:last], start=1):
-            x = block(x)
+            if importance and index == self.depth:
+                x, cls_importance = self.last_block_with_importance(x)
+            else:
+                x = block(x)
             if index in wanted:
                 outputs[index] = self.select_tokens(x)
-        self._capture = False
-        return TeacherOutput(
-            levels=torch.stack([outputs[level] for level in levels]),
-            importance=self.cls_attention() if importance else None,
-        )
+        return TeacherOutput(levels=torch.stack([outputs[level] for level in levels]), importance=cls_importance)

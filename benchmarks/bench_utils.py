@@ -1,0 +1,110 @@
+"""Shared benchmark helpers: environment record, stage timers, matmul peak, peak memory, the result table."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+
+def environment(device: torch.device) -> dict:
+    import timm
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()} ({torch.get_num_threads()} threads)"
+    return {"device": name, "versions": {"torch": torch.__version__, "timm": timm.__version__,
+                                         "cuda": torch.version.cuda, "python": platform.python_version()}}
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Timer:
+    """Synchronized stage timers: CUDA events on a GPU, perf_counter after a synchronize on the CPU."""
+
+    def __init__(self, device: torch.device, sync):
+        self.device, self.sync = device, sync
+        self.samples = defaultdict(list)
+
+    def stage(self, name: str, fn):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            self.samples[name].append(start.elapsed_time(end) / 1000)
+            return out
+        self.sync()
+        start = time.perf_counter()
+        out = fn()
+        self.samples[name].append(time.perf_counter() - start)
+        return out
+
+    def medians(self) -> dict:
+        return {name: statistics.median(values) for name, values in self.samples.items()}
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5) -> float:
+    """Best FLOP/s of a square matmul in the step's dtype: the machine's practical peak for MFU."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def read_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def memory_meter(device: torch.device, step, sync) -> float:
+    """Peak memory of one step in MB: CUDA max allocated on a GPU; on the CPU the growth of the process's peak
+    resident set over the step (the peak is reset first through /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        sync()
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set
+    before = read_status_kb("VmRSS")
+    step()
+    return (read_status_kb("VmHWM") - before) / 1024
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"MaskAlign step on {result['device']} ({result['config']['dtype']}, "
+                        f"batch {result['config']['batch_size']})")
+    for column in ("path", "images/s (median)", "min–max", "MFU", "peak MB", "breakdown (ms)"):
+        table.add_column(column)
+    for name in ("fastmim", "reference"):
+        r = result[name]
+        stages = ", ".join(f"{k} {1000 * v:.0f}" for k, v in r["breakdown"].items())
+        table.add_row(name, f"{r['images_per_sec']:.1f}", f"{r['images_per_sec_min']:.1f}–{r['images_per_sec_max']:.1f}",
+                      f"{r['mfu']:.3f}", f"{r['peak_memory_mb']:.0f}", stages)
+    Console().print(table)
+    Console().print(f"speedup (fastmim / reference): [bold]{result['speedup']:.2f}×[/bold]")

@@ -1,0 +1,221 @@
+"""Training images/s of the MaskAlign step: fastmim's path against the original computation, interleaved in
+one process, with a stage breakdown, MFU against a matmul peak measured in the same run, and peak memory.
+
+    python benchmarks/throughput.py --model small --device cpu --dtype bf16 --out benchmarks/results/x.json
+    python benchmarks/throughput.py --model base --device cuda --dtype bf16 --batch-size 128   # on a GPU
+
+Paths (same student, teacher, DA, heads and batch; both train with AdamW):
+- fastmim: the trainer's own step (fastmim.train.step.train_step): fused kernels, teacher CLS-row importance,
+  supervised levels only, folded re-normalization, fused AdamW, no host synchronization.
+- reference: fastmim.methods.maskalign_reference — eager teacher attention returning every map, every level
+  through every head, conv over all patches then gather, all levels normalized then gathered, einsum DA,
+  separate loss ops, foreach AdamW and a `.item()` each step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import Timer, environment, measure_peak_flops, memory_meter, print_table  # noqa: E402
+
+from fastmim import ops  # noqa: E402
+from fastmim.data import build_loader  # noqa: E402
+from fastmim.data.base import DataConfig  # noqa: E402
+from fastmim.methods.flops import maskalign_step_flops  # noqa: E402
+from fastmim.methods.maskalign import MaskAlign, MaskAlignConfig  # noqa: E402
+from fastmim.methods.maskalign_reference import MaskAlignReference  # noqa: E402
+from fastmim.train.optim import build_optimizer  # noqa: E402
+from fastmim.train.step import StepStats, train_step  # noqa: E402
+from fastmim.train.trainer import autocast_for  # noqa: E402
+
+TEACHERS = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "clip_b16", "large": "clip_l14"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="base", choices=["tiny", "small", "base", "large"], help="student size")
+    p.add_argument("--teacher-size", default="base", choices=list(TEACHERS),
+                   help="teacher with random weights: base = CLIP ViT-B/16 (default), large = CLIP ViT-L/14 at 196 px")
+    p.add_argument("--batch-size", type=int, help="images per step (default 128 on CUDA, 16 on the CPU)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="bf16 autocast (default) or fp32")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per path (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
+    p.add_argument("--kernels", default="auto", choices=["auto", "fused", "reference"],
+                   help="fastmim.ops implementation used by the fastmim path")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fastmim path's student blocks")
+    p.add_argument("--out", type=Path, help="write the JSON result here")
+    p.add_argument("--probe-memory", choices=["fastmim", "reference"], help=argparse.SUPPRESS)  # internal
+    return p.parse_args(argv)
+
+
+def build_paths(args, device):
+    torch.manual_seed(0)
+    cfg = MaskAlignConfig(student=args.model, img_size=args.img_size, teacher=TEACHERS[args.teacher_size],
+                          teacher_weights="random", drop_path=0.0)
+    probe = MaskAlign(cfg)
+    if probe.teacher.depth != probe.student.depth:
+        cfg.fusion = "sum"  # e.g. ViT-L student on a 12-level teacher
+        probe = MaskAlign(cfg)
+    reference_method = copy.deepcopy(probe).to(device)
+    fastmim_method = probe.to(device)
+    fastmim_method.set_attention_backend("auto", device)
+    if args.dtype == "bf16":
+        fastmim_method.teacher.to(torch.bfloat16)
+    if args.compile:
+        for block in fastmim_method.student.blocks:
+            block.compile()
+    reference = MaskAlignReference(reference_method).to(device)
+    return fastmim_method, reference
+
+
+class FastmimPath:
+    name = "fastmim"
+
+    def __init__(self, method, autocast):
+        self.method, self.autocast = method, autocast
+        self.optimizer = build_optimizer("adamw", method.param_groups(0.05), 1e-4, (0.9, 0.95))
+        self.stats = StepStats.zeros(next(method.parameters()).device)
+
+    def step(self, images):
+        train_step(self.method, self.optimizer, [images], self.autocast, None, self.stats)
+
+    def staged_step(self, images, timer):
+        """The same step cut at stage boundaries, for the breakdown (synchronized between stages)."""
+        with self.autocast:
+            teacher_out = timer.stage("teacher_forward", lambda: self.method.teacher_targets(images))
+            out = timer.stage("student_forward", lambda: self.method.student_loss(images, teacher_out))
+        timer.stage("backward", lambda: out.loss.backward())
+        timer.stage("optimizer", self._update)
+
+    def _update(self):
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class ReferencePath(FastmimPath):
+    name = "reference"
+
+    def __init__(self, reference, autocast):
+        self.method, self.autocast = reference, autocast
+        params = [p for p in reference.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step(self, images):
+        with self.autocast:
+            out = self.method(images)
+        out.loss.backward()
+        self._update()
+        out.loss.item()  # the original code logs every step
+
+
+def timed(path, images, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    path.step(images)
+    sync()
+    return time.perf_counter() - start
+
+
+def run(args) -> dict:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    batch = args.batch_size or (128 if device.type == "cuda" else 16)
+    precision = "bf16" if args.dtype == "bf16" else "fp32"
+    ops.set_kernels(args.kernels)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fastmim_method, reference = build_paths(args, device)
+    autocast = autocast_for(device, precision)
+    paths = [FastmimPath(fastmim_method, autocast), ReferencePath(reference, autocast)]
+
+    data_cfg = DataConfig(backend="synthetic", img_size=args.img_size, batch_size=batch, workers=2,
+                          synthetic_images=batch * 4, pin_memory=device.type == "cuda")
+    loader = build_loader(data_cfg, 0, 1, device)
+    batches = [b.to(device) for b, _ in zip(loader, range(2))]
+
+    times = {p.name: [] for p in paths}
+    for round_index in range(args.warmup + args.steps):  # interleaved; the order alternates every round
+        for path in (paths if round_index % 2 == 0 else paths[::-1]):
+            seconds = timed(path, batches[round_index % len(batches)], sync)
+            if round_index >= args.warmup:
+                times[path.name].append(seconds)
+
+    breakdown = {p.name: stage_breakdown(p, loader, device, sync, rounds=max(3, args.steps // 2)) for p in paths}
+    memory = {p.name: peak_memory(p, batches[0], device, sync) for p in paths}
+    peak = measure_peak_flops(device, DTYPES[args.dtype])
+    flops = maskalign_step_flops(fastmim_method).total
+    result = {
+        "device": environment(device)["device"], "versions": environment(device)["versions"],
+        "config": {**vars(args), "out": str(args.out) if args.out else None, "batch_size": batch,
+                   "device": str(device), "flops_per_image": flops, "peak_flops": peak,
+                   "kernels_in_use": ops.kernels_mode()},
+    }
+    for name, seconds in times.items():
+        per_sec = [batch / s for s in seconds]
+        median = statistics.median(per_sec)
+        result[name] = {"images_per_sec": median, "images_per_sec_min": min(per_sec),
+                        "images_per_sec_max": max(per_sec), "breakdown": breakdown[name],
+                        "mfu": median * flops / peak, "peak_memory_mb": memory[name]}
+    result["speedup"] = result["fastmim"]["images_per_sec"] / result["reference"]["images_per_sec"]
+    return result
+
+
+def peak_memory(path, images, device, sync) -> float:
+    """MB. On a GPU: max allocated over one step, in this process. On the CPU the allocator keeps freed memory,
+    so the step runs in a fresh process of this script whose peak resident-set growth over its steps is read."""
+    if device.type == "cuda":
+        return memory_meter(device, lambda: path.step(images), sync)
+    argv = [a for a in sys.argv[1:] if a != "--probe-memory"]
+    command = [sys.executable, __file__, *argv, "--probe-memory", path.name]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def probe_memory(args) -> None:
+    """Child side of peak_memory: build everything, then measure the peak RSS growth of two steps."""
+    device = torch.device("cpu")
+    batch = args.batch_size or 16
+    fastmim_method, reference = build_paths(args, device)
+    autocast = autocast_for(device, "bf16" if args.dtype == "bf16" else "fp32")
+    path = FastmimPath(fastmim_method, autocast) if args.probe_memory == "fastmim" else ReferencePath(reference, autocast)
+    images = torch.randn(batch, 3, args.img_size, args.img_size)
+    print(memory_meter(device, lambda: [path.step(images) for _ in range(2)], lambda: None))
+
+
+def stage_breakdown(path, loader, device, sync, rounds: int) -> dict:
+    """Median seconds per stage over `rounds` synchronized steps (CUDA events on a GPU)."""
+    timer = Timer(device, sync)
+    iterator = iter(loader)
+    for _ in range(rounds):
+        images = timer.stage("data", lambda: next(iterator).to(device, non_blocking=True))
+        path.staged_step(images, timer)
+    return timer.medians()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.probe_memory:
+        ops.set_kernels(args.kernels)
+        probe_memory(args)
+        return 0
+    result = run(args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
