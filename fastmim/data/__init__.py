@@ -1,0 +1,65 @@
+"""Input pipelines behind one interface (fastmim.data.base.ImageLoader): DALI, torchvision, synthetic.
+
+    loader = build_loader(cfg, rank, world_size, device)
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .base import IMAGENET_MEAN, IMAGENET_STD, DataConfig, ImageLoader
+
+BACKENDS = ("auto", "dali", "torchvision", "synthetic")
+DALI_PACKAGES = "nvidia-dali-cuda130 (CUDA 13) or nvidia-dali-cuda120 (CUDA 12)"
+
+__all__ = ["BACKENDS", "DataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "ImageLoader", "build_loader",
+           "dali_available", "resolve_backend"]
+
+
+class DaliNotInstalledError(ImportError, ValueError):
+    """An ImportError that command lines catching ValueError also report as a plain usage error."""
+
+
+def dali_available() -> bool:
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_backend(cfg: DataConfig) -> str:
+    """The pipeline `cfg` asks for: synthetic when asked or without a path; auto means DALI when installed."""
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"unknown data backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if cfg.backend == "synthetic" or cfg.path is None:
+        return "synthetic"
+    if cfg.backend == "dali" and not dali_available():
+        raise DaliNotInstalledError(f"data backend 'dali' needs NVIDIA DALI: pip install {DALI_PACKAGES}")
+    if cfg.backend == "auto":
+        return "dali" if dali_available() else "torchvision"
+    return cfg.backend
+
+
+def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu") -> ImageLoader:
+    backend = resolve_backend(cfg)
+    if backend != "synthetic":
+        from .folder import check_exists
+
+        check_exists(cfg.path)  # a wrong path is reported as such whichever backend would read it
+    if backend == "dali":
+        from .dali import DaliLoader
+
+        return DaliLoader(cfg, rank, world_size, device)
+    from .torchvision import TorchvisionLoader
+
+    if backend == "synthetic":
+        from .synthetic import SyntheticImages
+
+        source = SyntheticImages(cfg.synthetic_images, cfg.seed, cfg.synthetic_size)
+    else:
+        from .folder import ImageFiles, find_images
+
+        source = ImageFiles(find_images(cfg.path))
+    return TorchvisionLoader(source, cfg, rank, world_size, device)

@@ -28,15 +28,19 @@ class DataConfig:
     backend: str = "auto"               # auto/dali/torchvision/synthetic
     img_size: int = 224
     batch_size: int = 128               # per process
-    workers: int = 8                    # DataLoader workers / DALI threads
+    workers: int = 8                    # DataLoader workers / DALI CPU threads (at least 1 for DALI)
     scale: tuple = (0.2, 1.0)           # RandomResizedCrop area range
     ratio: tuple = (3 / 4, 4 / 3)       # RandomResizedCrop aspect range
     hflip: float = 0.5
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     synthetic_images: int = 1024        # size of the built-in synthetic set
+    synthetic_size: int = 256           # side of the synthetic source pictures (before the crop)
     seed: int = 0
     pin_memory: bool = True
+    dali_hw_decoder_load: float = 0.65  # share of JPEG decoding on the GPU's hardware decoder (A100/H100)
+    dali_dtype: str = "float32"         # DALI output on the GPU: float32 / bfloat16 / float16 (float32 on CPU)
+    dali_prefetch: int = 2              # DALI prefetch queue depth (batches in flight)
 
 
 class ImageLoader(Protocol):
