@@ -41,6 +41,22 @@ def find_images(path) -> list[str]:
     return read_list_file(p)
 
 
+def find_inputs(path) -> tuple[list[str], list[str]]:
+    """(image files, []) for a folder of images or a list file; ([], tar shards) for webdataset shards: a .tar
+    file, or a folder holding .tar files and no images."""
+    p = check_exists(path)
+    if p.is_file() and p.suffix == ".tar":
+        return [], [str(p)]
+    if p.is_dir():
+        files = scan_folder(p)
+        if files:
+            return files, []
+        tars = find_tar_shards(p)
+        if tars:
+            return [], tars
+    return find_images(p), []
+
+
 def scan_folder(root: Path) -> list[str]:
     files = []
     for folder, dirs, names in os.walk(root, followlinks=True):

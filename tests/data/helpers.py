@@ -36,3 +36,25 @@ def write_garbage_jpeg(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(GARBAGE)
     return path
+
+
+def write_tar_shards(folder: Path, images: list[Path], shards: int, extra: dict[str, bytes] | None = None) -> list[Path]:
+    """Webdataset shards: image k goes to shard k % shards as sample_{k:04d}.jpg with a .cls component."""
+    import io
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tars = [folder / f"shard_{s:02d}.tar" for s in range(shards)]
+    members = [[] for _ in range(shards)]
+    for k, image in enumerate(images):
+        members[k % shards].append((f"sample_{k:04d}.jpg", image.read_bytes()))
+        members[k % shards].append((f"sample_{k:04d}.cls", str(k).encode()))
+    for name, data in (extra or {}).items():
+        members[0].append((name, data))
+    for tar_path, entries in zip(tars, members):
+        with tarfile.open(tar_path, "w") as tar:
+            for name, data in entries:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return tars
