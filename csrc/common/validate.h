@@ -1,0 +1,129 @@
+// Shape, dtype and device checks of each op, shared by the CPU and CUDA implementations (host code only).
+// The CUDA side adds its dtype restriction (no float64) on top.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "checks.h"
+#include "index_math.h"
+
+namespace fastmim {
+
+struct PatchEmbedShape {
+  int64_t batch, channels, kept, dim, patch, grid_h, grid_w;
+  int64_t num_patches() const { return grid_h * grid_w; }
+  int64_t patch_numel() const { return channels * patch * patch; }
+};
+
+inline PatchEmbedShape check_masked_patch_embed(const at::Tensor& images, const at::Tensor& ids_keep,
+                                                const at::Tensor& weight,
+                                                const std::optional<at::Tensor>& bias,
+                                                const std::optional<at::Tensor>& pos_embed) {
+  FASTMIM_CHECK_DIM(images, 4);
+  FASTMIM_CHECK_FLOATING(images);
+  FASTMIM_CHECK_DIM(weight, 4);
+  FASTMIM_CHECK_SAME_DTYPE(weight, images);
+  FASTMIM_CHECK_DIM(ids_keep, 2);
+  FASTMIM_CHECK_INDEX_TENSOR(ids_keep);
+  PatchEmbedShape s{};
+  s.batch = images.size(0);
+  s.channels = images.size(1);
+  s.kept = ids_keep.size(1);
+  s.dim = weight.size(0);
+  s.patch = weight.size(2);
+  TORCH_CHECK_VALUE(weight.size(3) == s.patch && s.patch > 0,
+                    "weight must be [D, C, p, p] with square patches, got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(1) == s.channels, "images has ", s.channels, " channels but weight expects ",
+                    weight.size(1));
+  TORCH_CHECK_VALUE(images.size(2) % s.patch == 0 && images.size(3) % s.patch == 0, "images size ",
+                    images.size(2), "x", images.size(3), " is not divisible by the patch size ", s.patch);
+  s.grid_h = images.size(2) / s.patch;
+  s.grid_w = images.size(3) / s.patch;
+  FASTMIM_CHECK_SIZE(ids_keep, 0, s.batch);
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == s.dim, "bias must have shape [", s.dim, "], got ",
+                      b.sizes());
+    TORCH_CHECK_TYPE(b.scalar_type() == images.scalar_type(), "bias must have the dtype of images (",
+                     images.scalar_type(), "), got ", b.scalar_type());
+  }
+  if (pos_embed.has_value()) {
+    const at::Tensor& p = *pos_embed;
+    TORCH_CHECK_VALUE(p.dim() == 2 && p.size(0) == s.num_patches() && p.size(1) == s.dim,
+                      "pos_embed must have shape [", s.num_patches(), ", ", s.dim, "], got ", p.sizes());
+    TORCH_CHECK_TYPE(p.scalar_type() == images.scalar_type(), "pos_embed must have the dtype of images (",
+                     images.scalar_type(), "), got ", p.scalar_type());
+  }
+  FASTMIM_CHECK_SAME_DEVICE(ids_keep, images);
+  FASTMIM_CHECK_SAME_DEVICE(weight, images);
+  check_optional_device(bias, images, "bias", "images");
+  check_optional_device(pos_embed, images, "pos_embed", "images");
+  return s;
+}
+
+struct AlignLossShape {
+  int64_t levels, batch, rows, dim, target_rows;  // rows = 1 + K; target_rows = 1 + N
+};
+
+inline AlignLossShape check_align_loss(const at::Tensor& pred, const at::Tensor& target,
+                                       const at::Tensor& ids_keep) {
+  FASTMIM_CHECK_DIM(pred, 4);
+  FASTMIM_CHECK_FLOATING(pred);
+  FASTMIM_CHECK_DIM(target, 4);
+  FASTMIM_CHECK_FLOATING(target);
+  FASTMIM_CHECK_DIM(ids_keep, 2);
+  FASTMIM_CHECK_INDEX_TENSOR(ids_keep);
+  AlignLossShape s{pred.size(0), pred.size(1), pred.size(2), pred.size(3), target.size(2)};
+  TORCH_CHECK_VALUE(s.rows >= 1, "pred must hold the CLS row and the kept rows, got shape ", pred.sizes());
+  TORCH_CHECK_VALUE(target.size(0) == s.levels && target.size(1) == s.batch && target.size(3) == s.dim &&
+                        s.target_rows >= 1,
+                    "target must be [", s.levels, ", ", s.batch, ", 1+N, ", s.dim, "] to match pred ",
+                    pred.sizes(), ", got ", target.sizes());
+  TORCH_CHECK_VALUE(ids_keep.size(0) == s.batch && ids_keep.size(1) == s.rows - 1, "ids_keep must be [",
+                    s.batch, ", ", s.rows - 1, "] to match pred, got ", ids_keep.sizes());
+  FASTMIM_CHECK_SAME_DEVICE(target, pred);
+  FASTMIM_CHECK_SAME_DEVICE(ids_keep, pred);
+  return s;
+}
+
+struct DynamicAlignShape {
+  int64_t levels_in, levels_out, tokens, dim, out_dim;  // tokens = B * T; out_dim = Dt (or D)
+};
+
+inline DynamicAlignShape check_dynamic_align(const at::Tensor& hidden, const at::Tensor& mix,
+                                             const std::optional<at::Tensor>& head_weight,
+                                             const std::optional<at::Tensor>& head_bias) {
+  FASTMIM_CHECK_DIM(hidden, 4);
+  FASTMIM_CHECK_FLOATING(hidden);
+  FASTMIM_CHECK_DIM(mix, 2);
+  FASTMIM_CHECK_FLOATING(mix);
+  DynamicAlignShape s{hidden.size(0), mix.size(0), hidden.size(1) * hidden.size(2), hidden.size(3),
+                      hidden.size(3)};
+  TORCH_CHECK_VALUE(mix.size(1) == s.levels_in, "mix must be [L, ", s.levels_in, "] for hidden with ",
+                    s.levels_in, " levels, got ", mix.sizes());
+  TORCH_CHECK_VALUE(head_weight.has_value() || !head_bias.has_value(),
+                    "head_bias was given without head_weight");
+  if (head_weight.has_value()) {
+    const at::Tensor& w = *head_weight;
+    TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) == s.levels_out && w.size(2) == s.dim,
+                      "head_weight must have shape [", s.levels_out, ", *, ", s.dim, "], got ", w.sizes());
+    TORCH_CHECK_TYPE(w.scalar_type() == hidden.scalar_type(), "head_weight must have the dtype of hidden (",
+                     hidden.scalar_type(), "), got ", w.scalar_type());
+    s.out_dim = w.size(1);
+  }
+  if (head_bias.has_value()) {
+    const at::Tensor& b = *head_bias;
+    TORCH_CHECK_VALUE(b.dim() == 2 && b.size(0) == s.levels_out && b.size(1) == s.out_dim,
+                      "head_bias must have shape [", s.levels_out, ", ", s.out_dim, "], got ", b.sizes());
+    TORCH_CHECK_TYPE(b.scalar_type() == hidden.scalar_type(), "head_bias must have the dtype of hidden (",
+                     hidden.scalar_type(), "), got ", b.scalar_type());
+  }
+  FASTMIM_CHECK_SAME_DEVICE(mix, hidden);
+  check_optional_device(head_weight, hidden, "head_weight", "hidden");
+  check_optional_device(head_bias, hidden, "head_bias", "hidden");
+  return s;
+}
+
+}  // namespace fastmim
