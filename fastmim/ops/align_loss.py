@@ -23,10 +23,16 @@ def validate(pred, target, ids_keep, loss, target_norm, pred_norm) -> None:
             f"target must be [{levels}, {batch}, 1+N, {dim}] to match pred {list(pred.shape)}, "
             f"got {list(target.shape)}"
         )
-    if ids_keep.dim() != 2 or tuple(ids_keep.shape) != (batch, rows - 1):
+    check_tensor("ids_keep", ids_keep, ndim=2, floating=False)
+    if tuple(ids_keep.shape) != (batch, rows - 1):
         raise ValueError(f"ids_keep must be [{batch}, {rows - 1}] to match pred, got {list(ids_keep.shape)}")
-    check_indices("ids_keep", ids_keep, target.shape[2] - 1)
     check_same_device("pred", pred, target=target, ids_keep=ids_keep)
+    check_indices("ids_keep", ids_keep, target.shape[2] - 1)
+
+
+def accumulation_dtype(pred: torch.Tensor) -> torch.dtype:
+    """The loss is accumulated and returned in float32, or in float64 for float64 predictions (gradcheck)."""
+    return torch.float64 if pred.dtype == torch.float64 else torch.float32
 
 
 def target_row_index(ids_keep: torch.Tensor) -> torch.Tensor:
@@ -58,11 +64,58 @@ def elementwise_loss(pred, target, loss: str, beta: float) -> torch.Tensor:
 
 def align_loss_reference(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm",
                          pred_norm="none", beta=1.0, eps=1e-5):
-    """Plain PyTorch in float32: gather the kept target rows first, then normalize only those."""
+    """Plain PyTorch in the accumulation dtype (float32; float64 for float64 predictions): gather the kept
+    target rows first, then normalize only those."""
     validate(pred, target, ids_keep, loss, target_norm, pred_norm)
+    acc = accumulation_dtype(pred)
     index = target_row_index(ids_keep)
     index = index[None, :, :, None].expand(target.shape[0], -1, -1, target.shape[-1])
-    rows = target.detach().gather(2, index).float()
+    rows = target.detach().gather(2, index).to(acc)
     rows = normalize_rows(rows, target_norm, eps)
-    prediction = normalize_rows(pred.float(), pred_norm, eps)
-    return elementwise_loss(prediction, rows, loss, beta)  # float32 whatever the input dtype
+    prediction = normalize_rows(pred.to(acc), pred_norm, eps)
+    return elementwise_loss(prediction, rows, loss, beta)
+
+
+# --- the fused op: torch.ops.fastmim.align_loss (csrc/{cpu,cuda}/align_loss.*) -----------------------------
+
+def align_loss_fused(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
+                     beta=1.0, eps=1e-5):
+    """The compiled kernel: one pass per row computes the loss and d(loss)/d(pred); backward only rescales."""
+    validate(pred, target, ids_keep, loss, target_norm, pred_norm)
+    with_grad = pred.requires_grad and torch.is_grad_enabled()
+    losses, _ = torch.ops.fastmim.align_loss(pred, target, ids_keep, loss, target_norm, pred_norm,
+                                             float(beta), float(eps), with_grad)
+    return losses
+
+
+def _fake(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none", beta=1.0,
+          eps=1e-5, with_grad=True):
+    losses = pred.new_empty(pred.shape[0], dtype=accumulation_dtype(pred))
+    return losses, pred.new_empty(pred.shape if with_grad else (0,))
+
+
+def _fake_backward(grad_loss, grad_rows, loss):
+    return grad_rows.new_empty(grad_rows.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.loss = inputs[3]
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # else autograd fills a pred-sized zero gradient for output[1]
+    ctx.save_for_backward(output[1])  # d(row loss)/d(pred): nothing of the teacher is kept
+
+
+def _backward(ctx, grad_loss, _):
+    (grad_rows,) = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * 9
+    if grad_rows.dim() != 4:
+        raise RuntimeError("fastmim::align_loss ran with with_grad=False, so it kept no gradient for pred")
+    grad_pred = torch.ops.fastmim.align_loss_backward(grad_loss, grad_rows, ctx.loss)
+    return grad_pred, None, None, None, None, None, None, None, None
+
+
+def register_fused() -> None:
+    torch.library.register_fake("fastmim::align_loss", _fake)
+    torch.library.register_fake("fastmim::align_loss_backward", _fake_backward)
+    torch.library.register_autograd("fastmim::align_loss", _backward, setup_context=_setup_context)

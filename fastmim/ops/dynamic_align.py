@@ -37,3 +37,52 @@ def dynamic_align_reference(hidden, mix, head_weight=None, head_bias=None):
     if head_bias is not None:
         out = out + head_bias.to(out.dtype)[:, None, None, :]
     return out
+
+
+# --- the fused op: torch.ops.fastmim.dynamic_align (csrc/{cpu,cuda}/dynamic_align.*) -----------------------
+
+def dynamic_align_fused(hidden, mix, head_weight=None, head_bias=None):
+    """The compiled kernel: a mixing pass over the S levels, then one batched GEMM; backward recomputes the mix."""
+    validate(hidden, mix, head_weight, head_bias)
+    if head_weight is not None and head_weight.dtype != hidden.dtype:
+        head_weight = head_weight.to(hidden.dtype)  # as the reference
+    if head_bias is not None and head_bias.dtype != hidden.dtype:
+        head_bias = head_bias.to(hidden.dtype)
+    return torch.ops.fastmim.dynamic_align(hidden, mix, head_weight, head_bias)
+
+
+def _fake(hidden, mix, head_weight=None, head_bias=None):
+    out_dim = hidden.shape[3] if head_weight is None else head_weight.shape[1]
+    return hidden.new_empty(mix.shape[0], hidden.shape[1], hidden.shape[2], out_dim)
+
+
+def _fake_backward(grad_out, hidden, mix, head_weight, output_mask):
+    empty = hidden.new_empty(0)
+    grad_hidden = hidden.new_empty(hidden.shape) if output_mask[0] else empty
+    grad_mix = mix.new_empty(mix.shape) if output_mask[1] else empty
+    grad_weight = hidden.new_empty(head_weight.shape) if output_mask[2] else empty
+    grad_bias = hidden.new_empty(head_weight.shape[:2]) if output_mask[3] else empty
+    return grad_hidden, grad_mix, grad_weight, grad_bias
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, mix, head_weight, head_bias = inputs
+    ctx.save_for_backward(hidden, mix, head_weight)  # not the mixed levels: backward recomputes them
+    ctx.has_weight, ctx.has_bias = head_weight is not None, head_bias is not None
+
+
+def _backward(ctx, grad):
+    hidden, mix, head_weight = ctx.saved_tensors
+    wanted = ctx.needs_input_grad
+    mask = [wanted[0], wanted[1], ctx.has_weight and wanted[2], ctx.has_bias and wanted[3]]
+    grads = torch.ops.fastmim.dynamic_align_backward(grad, hidden, mix, head_weight, mask)
+    return tuple(g if m else None for g, m in zip(grads, mask))
+
+
+def register_fused() -> None:
+    from . import _autocast
+
+    torch.library.register_fake("fastmim::dynamic_align", _fake)
+    torch.library.register_fake("fastmim::dynamic_align_backward", _fake_backward)
+    torch.library.register_autograd("fastmim::dynamic_align", _backward, setup_context=_setup_context)
+    _autocast.register("dynamic_align")  # the reference's einsums run in the autocast dtype; so does this

@@ -15,6 +15,8 @@ def validate(images, ids_keep, weight, bias=None, pos_embed=None) -> tuple[int, 
     """Check every argument; return (patch size p, grid height, grid width)."""
     check_tensor("images", images, ndim=4)
     check_tensor("weight", weight, ndim=4)
+    if weight.dtype != images.dtype:
+        raise TypeError(f"weight must have the dtype of images ({images.dtype}), got {weight.dtype}")
     dim, channels, p, p2 = weight.shape
     if p != p2:
         raise ValueError(f"weight must be [D, C, p, p] with square patches, got {list(weight.shape)}")
@@ -24,16 +26,17 @@ def validate(images, ids_keep, weight, bias=None, pos_embed=None) -> tuple[int, 
     if height % p or width % p:
         raise ValueError(f"images size {height}x{width} is not divisible by the patch size {p}")
     grid_h, grid_w = height // p, width // p
-    check_indices("ids_keep", ids_keep, grid_h * grid_w)
+    check_tensor("ids_keep", ids_keep, ndim=2, floating=False)
     if ids_keep.shape[0] != images.shape[0]:
         raise ValueError(f"ids_keep has batch {ids_keep.shape[0]} but images has batch {images.shape[0]}")
-    if bias is not None:
-        check_tensor("bias", bias)
-        check_shape("bias", bias, (dim,))
-    if pos_embed is not None:
-        check_tensor("pos_embed", pos_embed)
-        check_shape("pos_embed", pos_embed, (grid_h * grid_w, dim))
+    for name, t, shape in (("bias", bias, (dim,)), ("pos_embed", pos_embed, (grid_h * grid_w, dim))):
+        if t is not None:
+            check_tensor(name, t)
+            check_shape(name, t, shape)
+            if t.dtype != images.dtype:
+                raise TypeError(f"{name} must have the dtype of images ({images.dtype}), got {t.dtype}")
     check_same_device("images", images, ids_keep=ids_keep, weight=weight, bias=bias, pos_embed=pos_embed)
+    check_indices("ids_keep", ids_keep, grid_h * grid_w)
     return p, grid_h, grid_w
 
 
@@ -55,3 +58,43 @@ def masked_patch_embed_reference(images, ids_keep, weight, bias=None, pos_embed=
     if pos_embed is not None:
         out = out + pos_embed[ids_keep]
     return out
+
+
+# --- the fused op: torch.ops.fastmim.masked_patch_embed (csrc/{cpu,cuda}/masked_patch_embed.*) -------------
+
+def masked_patch_embed_fused(images, ids_keep, weight, bias=None, pos_embed=None):
+    """The compiled kernel: one gather pass (with the kept positions' embedding) and one addmm."""
+    validate(images, ids_keep, weight, bias, pos_embed)
+    return torch.ops.fastmim.masked_patch_embed(images, ids_keep, weight, bias, pos_embed)
+
+
+def _fake(images, ids_keep, weight, bias=None, pos_embed=None):
+    return images.new_empty(images.shape[0], ids_keep.shape[1], weight.shape[0])
+
+
+def _fake_backward(grad_out, images, ids_keep, weight, output_mask):
+    p = weight.shape[-1]
+    num_patches = (images.shape[2] // p) * (images.shape[3] // p)
+    shapes = (images.shape, weight.shape, (weight.shape[0],), (num_patches, weight.shape[0]))
+    return tuple(images.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
+
+
+def _setup_context(ctx, inputs, output):
+    images, ids_keep, weight, bias, pos_embed = inputs
+    ctx.save_for_backward(images, ids_keep, weight)
+    ctx.has_bias, ctx.has_pos = bias is not None, pos_embed is not None
+
+
+def _backward(ctx, grad):
+    images, ids_keep, weight = ctx.saved_tensors
+    wanted = ctx.needs_input_grad
+    mask = [wanted[0], wanted[2], ctx.has_bias and wanted[3], ctx.has_pos and wanted[4]]
+    grads = torch.ops.fastmim.masked_patch_embed_backward(grad, images, ids_keep, weight, mask)
+    grad_images, grad_weight, grad_bias, grad_pos = (g if m else None for g, m in zip(grads, mask))
+    return grad_images, None, grad_weight, grad_bias, grad_pos
+
+
+def register_fused() -> None:
+    torch.library.register_fake("fastmim::masked_patch_embed", _fake)
+    torch.library.register_fake("fastmim::masked_patch_embed_backward", _fake_backward)
+    torch.library.register_autograd("fastmim::masked_patch_embed", _backward, setup_context=_setup_context)
