@@ -1,0 +1,144 @@
+"""Which implementation fastmim.ops runs: the compiled kernels on CPU tensors, the references when asked
+(set_kernels, FASTMIM_KERNELS) or when the extension is missing (with one warning); CUDA kernels registered."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastmim import ops
+from fastmim.ops import reference
+
+from .helpers import cuda_toolkit_present, fused
+
+OPS = ("masked_patch_embed", "align_loss", "dynamic_align")
+ALL_OPS = OPS + tuple(f"{name}_backward" for name in OPS)
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def run_all_three():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    weight = torch.randn(8, 3, 16, 16, generator=g, requires_grad=True)
+    keep = torch.tensor([[0, 3], [1, 2]])
+    patches = ops.masked_patch_embed(images, keep, weight, None, torch.zeros(4, 8))
+    tokens = torch.cat([patches[:, :1], patches], dim=1)  # [B, 1+K, D]
+    pred = ops.dynamic_align(torch.stack([tokens, tokens.tanh()]), torch.ones(1, 2))
+    loss = ops.align_loss(pred, torch.randn(1, 2, 5, 8, generator=g), keep).sum()
+    loss.backward()
+    return loss
+
+
+def test_cpu_tensors_run_the_compiled_cpu_kernels():
+    fused()
+    for name in ALL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmim::{name}", "CPU"), name
+    ops.set_kernels("auto")
+    with OpRecorder() as recorder:
+        run_all_three()
+    assert {f"fastmim.{name}" for name in ALL_OPS} <= recorder.names, recorder.names
+
+
+def test_cuda_kernels_are_registered():
+    if not cuda_toolkit_present():
+        pytest.skip("no CUDA toolkit here, so setup.py built the CPU kernels only")
+    fused()
+    for name in ALL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmim::{name}", "CUDA"), name
+
+
+def test_set_kernels_reference_and_back():
+    try:
+        ops.set_kernels("reference")
+        assert ops.kernels_mode() == "reference"
+        with OpRecorder() as recorder:
+            run_all_three()
+        assert not any(name.startswith("fastmim.") for name in recorder.names)
+        ops.set_kernels("fused")
+        with OpRecorder() as recorder:
+            run_all_three()
+        assert "fastmim.align_loss" in recorder.names
+    finally:
+        ops.set_kernels("auto")
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        ops.set_kernels("triton")
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+def test_environment_variable_forces_the_reference():
+    result = run_python("""
+        import fastmim.ops as ops
+        from fastmim.ops import _backend, reference
+        assert ops.kernels_mode() == "reference"
+        assert _backend.implementation("align_loss") is reference.align_loss
+        print("ok")
+    """, FASTMIM_KERNELS="reference")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+    result = run_python("import fastmim.ops", FASTMIM_KERNELS="fast")
+    assert result.returncode != 0 and "FASTMIM_KERNELS must be one of" in result.stderr
+
+
+def test_missing_extension_falls_back_with_one_warning():
+    result = run_python("""
+        import sys, warnings
+        sys.modules["fastmim._C"] = None  # as if the extension had not been built
+        import torch
+        import fastmim.ops as ops
+        assert ops.fused_ops() is None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                ops.dynamic_align(torch.randn(2, 1, 3, 4), torch.ones(1, 2))
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(messages) == 1 and "running the PyTorch references" in messages[0], messages
+        try:
+            ops.set_kernels("fused")
+        except RuntimeError as error:
+            assert "fastmim._C" in str(error)
+            print("ok")
+    """)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_reference_namespace_is_the_references():
+    assert reference.align_loss.__name__ == "align_loss_reference"
+    assert fused().align_loss.__name__ == "align_loss_fused"
+
+
+def test_auto_sends_cuda_tensors_to_the_reference_when_built_without_cuda_kernels(monkeypatch):
+    from types import SimpleNamespace
+
+    from fastmim.ops import _backend, _extension
+
+    monkeypatch.setitem(_extension._state, "cuda", False)
+    monkeypatch.setattr(_backend, "reference", SimpleNamespace(align_loss=lambda *args: "reference"))
+    monkeypatch.setattr(_backend, "_warned", [])
+    ops.set_kernels("auto")
+    chosen = _backend.implementation("align_loss")
+    with pytest.warns(RuntimeWarning, match="without its CUDA kernels"):
+        assert chosen(SimpleNamespace(is_cuda=True), None, None) == "reference"
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(1, 2, 3, 4, generator=g), torch.randn(1, 2, 5, 4, generator=g)
+    keep = torch.tensor([[0, 1], [2, 3]])
+    with OpRecorder() as recorder:
+        chosen(pred, target, keep)
+    assert "fastmim.align_loss" in recorder.names
