@@ -27,6 +27,12 @@ class StepStats:
         z = lambda: torch.zeros((), device=device)  # noqa: E731
         return cls(z(), z(), z(), z())
 
+    def next_window(self) -> "StepStats":
+        """Fresh sums for the next logging window; the in-a-row count runs on across windows."""
+        fresh = StepStats.zeros(self.loss_sum.device)
+        fresh.nonfinite_in_a_row = self.nonfinite_in_a_row
+        return fresh
+
     def add(self, loss: torch.Tensor, level_losses: torch.Tensor, found_inf: torch.Tensor) -> None:
         finite = 1.0 - found_inf
         self.loss_sum += torch.nan_to_num(loss.detach().float()) * finite

@@ -191,8 +191,7 @@ class Trainer:
                 if step % cfg.log_every == 0 or step == self.stop_step:
                     last_loss = self._log(step, epoch, stats, window, writer, progress,
                                           skipped_before, nonfinite_before)
-                    stats, window = StepStats.zeros(self.device), {"start": time.perf_counter(), "wait": 0.0,
-                                                                   "images": 0}
+                    stats, window = stats.next_window(), {"start": time.perf_counter(), "wait": 0.0, "images": 0}
                 if step % cfg.checkpoint_every == 0 or step == self.stop_step:
                     self._save(step, skipped_before, nonfinite_before)
         seconds = time.perf_counter() - run_start
