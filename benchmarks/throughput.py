@@ -57,7 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the fastmim path's student blocks")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     p.add_argument("--probe-memory", choices=["fastmim", "reference"], help=argparse.SUPPRESS)  # internal
-    return p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    args.argv = argv  # the memory probe re-runs this script with the same arguments
+    return args
 
 
 def build_paths(args, device):
@@ -152,7 +155,7 @@ def run(args) -> dict:
                 times[path.name].append(seconds)
 
     breakdown = {p.name: stage_breakdown(p, loader, device, sync, rounds=max(3, args.steps // 2)) for p in paths}
-    memory = {p.name: peak_memory(p, batches[0], device, sync) for p in paths}
+    memory = {p.name: peak_memory(p, batches[0], device, sync, args.argv) for p in paths}
     peak = measure_peak_flops(device, DTYPES[args.dtype])
     flops = maskalign_step_flops(fastmim_method).total
     result = {
@@ -171,12 +174,11 @@ def run(args) -> dict:
     return result
 
 
-def peak_memory(path, images, device, sync) -> float:
+def peak_memory(path, images, device, sync, argv: list[str]) -> float:
     """MB. On a GPU: max allocated over one step, in this process. On the CPU the allocator keeps freed memory,
     so the step runs in a fresh process of this script whose peak resident-set growth over its steps is read."""
     if device.type == "cuda":
         return memory_meter(device, lambda: path.step(images), sync)
-    argv = [a for a in sys.argv[1:] if a != "--probe-memory"]
     command = [sys.executable, __file__, *argv, "--probe-memory", path.name]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])

@@ -70,6 +70,9 @@ class Trainer:
                                          self.peak_lr, cfg.optim.betas)
         self.nonfinite_seen = 0  # non-finite steps since this process started (read at logging points)
         self.autocast = autocast_for(self.device, self.precision)
+        # Resolved and loaded here, before any work, so a bad --resume is reported like any other bad input.
+        self.resume_path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
+        self.resumed_state = self.restore(self.resume_path) if self.resume_path else None
 
     # --- construction -------------------------------------------------------------------------------
     def _build_method(self) -> MaskAlign:
@@ -116,8 +119,8 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
-        resume_path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
-        state = self.restore(resume_path) if resume_path else None
+        resume_path, state = self.resume_path, self.resumed_state
+        self.resumed_state = None  # the loop owns it now; do not keep a second copy of the weights alive
         step = state["step"] if state else 0
         if main:
             self.output.mkdir(parents=True, exist_ok=True)
