@@ -15,8 +15,9 @@ def write_images(folder, count, size=80):
 def test_corrupt_jpeg_does_not_stop_training(tmp_path):
     write_images(tmp_path / "data" / "class_a", 23)
     (tmp_path / "data" / "class_a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    pretrain(tmp_path / "run", "--data", str(tmp_path / "data"), "--data-backend", "torchvision",
-             "--epochs", "1")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        pretrain(tmp_path / "run", "--data", str(tmp_path / "data"), "--data-backend", "torchvision",
+                 "--epochs", "1")
     done = summary(tmp_path / "run")
     assert done["steps"] == 3 and done["skipped_images"] == 1
 
