@@ -54,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
     p.add_argument("--kernels", default="auto", choices=["auto", "fused", "reference"],
                    help="fastmim.ops implementation used by the fastmim path")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fastmim path's student blocks")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the fastmim path's student and teacher blocks")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     p.add_argument("--probe-memory", choices=["fastmim", "reference"], help=argparse.SUPPRESS)  # internal
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -77,8 +78,7 @@ def build_paths(args, device):
     if args.dtype == "bf16":
         fastmim_method.teacher.to(torch.bfloat16)
     if args.compile:
-        for block in fastmim_method.student.blocks:
-            block.compile()
+        fastmim_method.compile_blocks()
     reference = MaskAlignReference(reference_method).to(device)
     return fastmim_method, reference
 
@@ -160,7 +160,8 @@ def run(args) -> dict:
     flops = maskalign_step_flops(fastmim_method).total
     result = {
         "device": environment(device)["device"], "versions": environment(device)["versions"],
-        "config": {**vars(args), "out": str(args.out) if args.out else None, "batch_size": batch,
+        "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "argv", "probe_memory")},
+                   "batch_size": batch,
                    "device": str(device), "flops_per_image": flops, "peak_flops": peak,
                    "kernels_in_use": ops.kernels_mode()},
     }

@@ -31,7 +31,7 @@ class TrainConfig:
     device: str = "auto"              # auto / cpu / cuda
     kernels: str = "auto"             # auto / fused / reference
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on the CPU) / bf16 / fp32
-    compile: bool = False             # torch.compile the student blocks
+    compile: bool = False             # torch.compile the student and teacher blocks
     seed: int = 0
     log_every: int = 20               # steps between gathered losses / metric lines (the only host syncs)
     checkpoint_every: int = 1000      # steps between checkpoints (and one at the end)

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-weights", metavar="FILE|hub|random", help="a local .safetensors/.pth (timm, OpenAI "
                    "CLIP or open_clip layout); hub downloads timm's pretrained weights; random is for tests")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (auto: CUDA when available)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the student's blocks")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the student's and the teacher's blocks (the first steps are slow while it compiles)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field, e.g. "
                    "method.mask_ratio=0.75, optim.base_lr=1e-4, train.log_every=50 (repeatable; see --print-config)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")

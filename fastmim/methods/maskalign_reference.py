@@ -2,7 +2,8 @@
 yardstick for tests and the `reference` path of benchmarks/throughput.py.
 
 - teacher: an explicit re-normalization pass over the image, every block with eager attention whose full
-  attention maps are all returned, every level kept;
+  attention maps are all returned, QuickGELU as three elementwise ops on the original MLP weights, every
+  level kept;
 - student: patch embedding over all patches (convolution), then the gather of the kept tokens;
 - targets: every teacher level normalized over all its tokens, then gathered;
 - Dynamic Alignment: stacked einsum over every level, every level through a head (zero-weight levels too);
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastmim.models.teacher import Teacher, TeacherOutput, renormalization
+from fastmim.models.teacher import FoldedQuickGELU, Teacher, TeacherOutput, renormalization
 
 from .maskalign import MaskAlign, MaskAlignOutput
 from .masking import keep_indices
@@ -30,6 +31,16 @@ def unfolded_patch_embedding(teacher: Teacher) -> tuple[torch.Tensor, torch.Tens
     bias = m.patch_embed.proj.bias.detach().double() - (weight * shift[None, :, None, None]).sum(dim=(1, 2, 3))
     dtype = m.patch_embed.proj.weight.dtype
     return weight.to(dtype), bias.to(dtype), scale.float(), shift.float()
+
+
+def original_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The teacher MLP as timm's CLIP computes it: fc1, QuickGELU x·σ(1.702x), fc2 — on the original weights
+    (the folded ones rescaled back; that costs the reference one pass over its MLP weights, ~1 % of its step)."""
+    if not isinstance(mlp.act, FoldedQuickGELU):
+        return mlp(x)
+    s = FoldedQuickGELU.scale
+    h = F.linear(x, mlp.fc1.weight / s, mlp.fc1.bias / s if mlp.fc1.bias is not None else None)
+    return F.linear(h * torch.sigmoid(1.702 * h), mlp.fc2.weight * s, mlp.fc2.bias)
 
 
 @torch.no_grad()
@@ -52,7 +63,7 @@ def naive_teacher(teacher: Teacher, images: torch.Tensor) -> tuple[torch.Tensor,
         attn_map = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1)
         maps.append(attn_map)
         x = x + block.ls1(attn.proj(attn.norm((attn_map @ v).transpose(1, 2).reshape(b, t, d))))
-        x = x + block.ls2(block.mlp(block.norm2(x)))
+        x = x + block.ls2(original_mlp(block.mlp, block.norm2(x)))
         outputs.append(teacher.select_tokens(x))
     return torch.stack(outputs), maps
 

@@ -1,6 +1,9 @@
-"""Attention backends for the student: `sdpa` (default), `flash` (flash-attn), `xformers`, `math`.
+"""Attention backends for the student: `sdpa`, `flash` (flash-attn), `xformers`, `math`.
 
-q, k, v arrive as [B, H, T, d]. `auto` picks flash-attn on a CUDA device when it is installed, else SDPA.
+q, k, v arrive as [B, H, T, d]. `auto` picks flash-attn on a CUDA device when it is installed, else SDPA; on
+the CPU it picks `math`: at the student's ~60 tokens torch's CPU SDPA kernel takes ~4x longer for forward +
+backward than the explicit product (measured: 17.9 vs 4.6 ms for [16, 12, 60, 64] bf16, and 72 vs 32 ms at
+197 tokens), and the T×T scores are small at these lengths.
 Asking for a backend that is not installed or cannot run on the device is an error, never a fallback.
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
     device_type = torch.device(device).type
     if name == "auto":
+        if device_type == "cpu":
+            return "math"
         return "flash" if device_type == "cuda" and _installed("flash_attn") else "sdpa"
     if name in ("flash", "xformers"):
         package = {"flash": "flash_attn", "xformers": "xformers"}[name]

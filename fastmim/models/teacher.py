@@ -12,6 +12,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers.activations import QuickGELU
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from .teacher_weights import load_teacher_weights
@@ -68,6 +69,28 @@ def fold_input_normalization(model: TimmViT, data_mean, data_std) -> None:
     model.patch_embed.proj = new.to(old.weight.device)
 
 
+class FoldedQuickGELU(nn.SiLU):
+    """What QuickGELU becomes once its 1.702 is folded into the surrounding linears (see fold_quick_gelu)."""
+    scale = 1.702
+
+
+def fold_quick_gelu(model: TimmViT) -> None:
+    """QuickGELU(h) = h·σ(1.702h) = SiLU(1.702h) / 1.702, so fc2(QuickGELU(fc1(x))) equals
+    (fc2 / 1.702)(SiLU((1.702 · fc1)(x))): one fused SiLU pass over the 4D-wide hidden activations instead of
+    three elementwise passes (mul, sigmoid, mul) — ~10 % of a CLIP teacher's forward on the CPU. Exact in real
+    arithmetic; the teacher is frozen, so the weights are rescaled once."""
+    for block in model.blocks:
+        mlp = block.mlp
+        if not isinstance(getattr(mlp, "act", None), QuickGELU) or not isinstance(mlp.norm, nn.Identity):
+            continue
+        with torch.no_grad():
+            mlp.fc1.weight.mul_(FoldedQuickGELU.scale)
+            if mlp.fc1.bias is not None:
+                mlp.fc1.bias.mul_(FoldedQuickGELU.scale)
+            mlp.fc2.weight.div_(FoldedQuickGELU.scale)
+        mlp.act = FoldedQuickGELU(inplace=True)
+
+
 class Teacher(nn.Module):
     def __init__(self, name: str, student_grid: int, weights: str = "random",
                  data_mean=IMAGENET_MEAN, data_std=IMAGENET_STD, **timm_kwargs):
@@ -79,6 +102,7 @@ class Teacher(nn.Module):
         self.model = self._build(student_grid, weights, timm_kwargs)
         self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
         fold_input_normalization(self.model, data_mean, data_std)
+        fold_quick_gelu(self.model)
         self.num_prefix = self.model.num_prefix_tokens
         self.depth = len(self.model.blocks)
         self.embed_dim = self.model.embed_dim

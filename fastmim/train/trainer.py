@@ -82,8 +82,7 @@ class Trainer:
         if self.precision == "bf16":
             method.teacher.to(torch.bfloat16)  # frozen: bf16 weights, half the memory traffic
         if self.cfg.train.compile:
-            for block in method.student.blocks:
-                block.compile()
+            method.compile_blocks()
         torch.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank)  # masks and drop path differ per rank
         return method
 

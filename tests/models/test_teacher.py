@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from fastmim.methods.maskalign_reference import importance_from_maps
 from fastmim.methods.maskalign_reference import naive_teacher as library_naive_teacher
-from fastmim.models.teacher import IMAGENET_MEAN, IMAGENET_STD, Teacher
+from fastmim.models.teacher import IMAGENET_MEAN, IMAGENET_STD, FoldedQuickGELU, Teacher
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,6 +55,14 @@ def test_clip_b16_levels_and_importance_equal_naive(tmp_path):
     torch.testing.assert_close(importance_from_maps(teacher, maps), importance, rtol=1e-5, atol=1e-7)
     # only the asked-for levels come back, in the asked order
     torch.testing.assert_close(teacher(images, [12, 3]).levels, levels[[11, 2]], rtol=1e-4, atol=1e-4)
+    # ... computed with QuickGELU folded into fc1/fc2 around a single SiLU (the naive model keeps QuickGELU)
+    assert all(isinstance(block.mlp.act, FoldedQuickGELU) for block in teacher.model.blocks)
+    assert not isinstance(model.blocks[0].mlp.act, FoldedQuickGELU)
+
+
+def test_quick_gelu_fold_leaves_gelu_teachers_alone():
+    teacher = Teacher("dino_b16", student_grid=4, weights="random", depth=2)
+    assert all(type(block.mlp.act) is torch.nn.GELU for block in teacher.model.blocks)
 
 
 def openai_layout(state):

@@ -89,7 +89,7 @@ def test_math_attention_equals_sdpa():
 
 
 def test_attention_backend_resolution():
-    assert resolve_backend("auto", "cpu") == "sdpa"
+    assert resolve_backend("auto", "cpu") == "math"  # faster than CPU SDPA at these lengths (see attention.py)
     with pytest.raises(ValueError, match="attention backend must be one of"):
         resolve_backend("fast", "cpu")
     for name in ("flash", "xformers"):
