@@ -1,7 +1,8 @@
 """Analytic matmul FLOPs of one MaskAlign training step per image (2 FLOPs per multiply-add), for MFU.
 
 Counted: every matrix product — patch embeddings, qkv/proj/MLP linears, attention's QKᵀ and AV, the teacher's
-CLS-row importance, the DA mix and the heads. Elementwise work (norms, softmax, GELU, the loss) is not
+CLS-row importance, the DA mix and the heads — as fastmim computes them (the teacher's last block on the kept
+rows only). Elementwise work (norms, softmax, GELU, the loss) is not
 counted, as usual for MFU. Backward costs two forward products per product (input and weight gradients),
 except the student's patch embedding, which needs only the weight gradient.
 """
@@ -31,6 +32,19 @@ def block_flops(tokens: int, dim: int, hidden: int) -> float:
     return linear + attention
 
 
+def last_block_flops(tokens: int, rows: int, dim: int, hidden: int, output: bool, importance: bool) -> float:
+    """The teacher's last block (models/teacher_last_block.py): K (and V) over every token, the CLS query and
+    its importance row; with an output, queries, attention, projection and MLP on `rows` rows."""
+    cls_row = 2 * dim * dim + (2 * tokens * dim if importance else 0)
+    if not output:
+        return 2 * tokens * dim * dim + cls_row
+    keys_values = 2 * tokens * dim * 2 * dim
+    queries = 2 * (rows - 1) * dim * dim
+    attention = 2 * 2 * rows * tokens * dim
+    projection_mlp = 2 * rows * dim * dim + 2 * rows * dim * hidden * 2
+    return cls_row + keys_values + queries + attention + projection_mlp
+
+
 def maskalign_step_flops(method: MaskAlign) -> StepFlops:
     s, t = method.student, method.teacher.model
     cfg = method.cfg
@@ -39,10 +53,17 @@ def maskalign_step_flops(method: MaskAlign) -> StepFlops:
 
     t_dim, t_hidden = t.embed_dim, t.blocks[0].mlp.fc1.out_features
     t_tokens = method.teacher.num_prefix + patches
-    t_depth = method.teacher.depth if cfg.mask_mode == "attention" else max(method.levels)
+    t_depth = method.teacher.depth
     t_patch = 2 * patches * t.patch_embed.proj.weight[0].numel() * t_dim
-    importance = 2 * t_tokens * t_dim if cfg.mask_mode == "attention" else 0
-    teacher = t_patch + t_depth * block_flops(t_tokens, t_dim, t_hidden) + importance
+    importance = cfg.mask_mode == "attention"
+    teacher = t_patch
+    if importance or t_depth in method.levels:
+        rows = t_tokens if cfg.target_norm == "batchnorm" else 1 + kept
+        output = t_depth in method.levels
+        teacher += (t_depth - 1) * block_flops(t_tokens, t_dim, t_hidden)
+        teacher += last_block_flops(t_tokens, rows, t_dim, t_hidden, output, importance)
+    else:
+        teacher += max(method.levels) * block_flops(t_tokens, t_dim, t_hidden)
 
     s_dim, s_hidden = s.embed_dim, s.blocks[0].mlp.fc1.out_features
     s_tokens = 1 + kept

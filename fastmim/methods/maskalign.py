@@ -3,6 +3,7 @@ and per-level heads its features at those tokens are aligned to a frozen teacher
 tokens on the full image. No mask tokens, no decoder, no reconstruction."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -151,13 +152,18 @@ class MaskAlign(nn.Module):
         return self.student_loss(images, self.teacher_targets(images))
 
     def teacher_targets(self, images: torch.Tensor) -> TeacherOutput:
-        """The frozen half of the step: supervised teacher levels and, for attention masking, importance."""
-        return self.teacher(images, self.levels, importance=self.cfg.mask_mode == "attention")
+        """The frozen half of the step: the supervised teacher levels and the mask, drawn inside the teacher's
+        forward (from its importance in attention mode) so that its last block runs on the kept rows only —
+        except for batchnorm targets, whose statistics cover every row."""
+        cfg = self.cfg
+        keep = functools.partial(keep_indices, cfg.mask_mode, cfg.mask_ratio, images.shape[0],
+                                 self.student.num_patches, images.device)
+        return self.teacher(images, self.levels, importance=cfg.mask_mode == "attention", keep=keep,
+                            all_rows=cfg.target_norm == "batchnorm")
 
     def student_loss(self, images: torch.Tensor, teacher_out: TeacherOutput) -> MaskAlignOutput:
-        """The trained half: masking, the student on the kept patches, DA + heads, the loss."""
-        ids_keep = keep_indices(self.cfg.mask_mode, self.cfg.mask_ratio, images.shape[0],
-                                self.student.num_patches, images.device, teacher_out.importance)
+        """The trained half: the student on the kept patches, DA + heads, the loss."""
+        ids_keep = teacher_out.ids_keep
         hidden = self.student(images, ids_keep, depth=max(self.student_levels))
         pred = self.predict(hidden)
         target, row_norm = self.targets(teacher_out.levels)

@@ -1,5 +1,6 @@
 """The frozen teacher: any timm ViT, run on the full image, returning the requested block outputs and the
-masking importance from the last block's CLS-query attention row (never the attention maps).
+masking importance from the last block's CLS-query attention row (never the attention maps). Given the mask
+draw, it runs the rest of its last block at the CLS and kept rows only (teacher_last_block.py).
 
 Known aliases: clip_b16, clip_l14, dino_b16 (DESIGN §1); any other timm VisionTransformer name works by the
 same rule: its input is resized so that its patch grid equals the student's.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from timm.layers.activations import QuickGELU
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+from .teacher_last_block import KeepFn, LastBlockOutput, draw_keep, last_block
 from .teacher_weights import load_teacher_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,6 +34,7 @@ TEACHER_ALIASES = {
 class TeacherOutput:
     levels: torch.Tensor                 # [L, B, 1+N, D]: CLS row then patch rows, register tokens dropped
     importance: torch.Tensor | None      # [B, N]: CLS→patch attention, softmax over all keys, head mean
+    ids_keep: torch.Tensor | None = None  # [B, K]: the mask, when the forward was given a keep function
 
 
 def resolve_teacher_name(name: str) -> str:
@@ -129,22 +132,6 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: always in eval mode (no dropout, no drop path)
 
-    def last_block_with_importance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """timm's Block.forward for the last block, written out so that the CLS-query attention row comes from
-        the same q and K the block uses: softmax(q_cls·Kᵀ/√d) averaged over heads, over patch keys [B, N].
-        The full attention map is never formed (SDPA computes the block's attention)."""
-        block = self.model.blocks[-1]
-        attn = block.attn
-        b, t, _ = x.shape
-        qkv = attn.qkv(block.norm1(x)).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
-        scores = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * attn.scale  # [B, H, 1, T]
-        importance = scores.softmax(dim=-1).mean(dim=1)[:, 0, self.num_prefix:]
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
-        x = x + block.drop_path1(block.ls1(attn.proj(attn.norm(out))))
-        x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-        return x, importance
-
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.img_size or images.shape[-2] != self.img_size:
             # e.g. CLIP ViT-L/14 at 196 px so its 14×14 grid matches a /16 student at 224 px
@@ -157,21 +144,39 @@ class Teacher(nn.Module):
             return x
         return torch.cat([x[:, :1], x[:, self.num_prefix:]], dim=1)
 
+    def kept_rows_level(self, out: LastBlockOutput) -> torch.Tensor:
+        """The last level in the CLS + patches layout [B, 1+N, D] from its computed rows: zeros where the
+        block was not run (masked patches; never read by the loss)."""
+        if not out.kept_rows_only:
+            return self.select_tokens(out.x)
+        b, _, d = out.x.shape
+        level = out.x.new_zeros(b, 1 + self.model.patch_embed.num_patches, d)
+        rows = torch.cat([torch.zeros_like(out.ids_keep[:, :1]), out.ids_keep + 1], dim=1)
+        return level.scatter_(1, rows[..., None].expand(-1, -1, d), out.x)
+
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor, levels: list[int], importance: bool = True) -> TeacherOutput:
-        """levels: 1-based block indices whose outputs are wanted."""
+    def forward(self, images: torch.Tensor, levels: list[int], importance: bool = True,
+                keep: KeepFn | None = None, all_rows: bool = False) -> TeacherOutput:
+        """levels: 1-based block indices whose outputs are wanted. keep: optional mask draw, importance (None
+        without it) → ids_keep [B, K], called as soon as the importance is known; the last level is then only
+        computed at the CLS and kept rows (zeros elsewhere) unless all_rows, and ids_keep is returned."""
         bad = [level for level in levels if not 1 <= level <= self.depth]
         if bad:
             raise ValueError(f"teacher levels must be in 1..{self.depth}, got {bad}")
         m = self.model
         x = m.norm_pre(m._pos_embed(m.patch_embed(self.prepare(images))))
-        last = self.depth if importance else max(levels)
-        wanted, outputs, cls_importance = set(levels), {}, None
-        for index, block in enumerate(m.blocks[:last], start=1):
-            if importance and index == self.depth:
-                x, cls_importance = self.last_block_with_importance(x)
-            else:
-                x = block(x)
+        wanted, outputs = set(levels), {}
+        run_last = importance or self.depth in wanted
+        for index, block in enumerate(m.blocks[: self.depth - 1 if run_last else max(levels)], start=1):
+            x = block(x)
             if index in wanted:
                 outputs[index] = self.select_tokens(x)
-        return TeacherOutput(levels=torch.stack([outputs[level] for level in levels]), importance=cls_importance)
+        last = LastBlockOutput(None, False, None, None)
+        if run_last:
+            last = last_block(m.blocks[-1], x, self.num_prefix, importance, keep, self.depth in wanted, all_rows)
+            if last.x is not None:
+                outputs[self.depth] = self.kept_rows_level(last)
+        ids_keep = last.ids_keep
+        if keep is not None and ids_keep is None:  # the mask did not wait for the last block
+            ids_keep = draw_keep(keep, None)
+        return TeacherOutput(torch.stack([outputs[level] for level in levels]), last.importance, ids_keep)

@@ -18,7 +18,11 @@ def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs):
 CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(mask_mode="random", level_weights="mid2"), dict(head="mlp")])
+# The teacher's last block differs by case: kept rows with importance (default), kept rows without it (random),
+# every row (batchnorm targets), importance only (last level unsupervised), not run at all (random + mid2).
+@pytest.mark.parametrize("overrides", [{}, dict(mask_mode="random"), dict(target_norm="batchnorm"),
+                                       dict(level_weights="mid2"), dict(mask_mode="random", level_weights="mid2"),
+                                       dict(head="mlp")])
 def test_analytic_count_equals_torch_flop_counter(overrides):
     """On a small config with explicit-math attention and the reference ops (plain matmuls the counter sees),
     the analytic forward and forward+backward counts equal torch.utils.flop_counter's."""

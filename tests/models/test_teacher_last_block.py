@@ -1,0 +1,62 @@
+"""The teacher's last block on the kept rows only gives the full computation's values at those rows."""
+import pytest
+import torch
+
+from fastmim.methods.masking import keep_indices
+from fastmim.models.teacher import Teacher
+
+
+def make_teacher(name="vit_base_patch16_clip_quickgelu_224", **kw):
+    torch.manual_seed(0)
+    return Teacher(name, student_grid=4, weights="random", depth=3, **kw)
+
+
+def recording_keep(calls, kept=5):
+    def keep(importance):
+        calls.append(importance)
+        mode = "random" if importance is None else "attention"
+        return keep_indices(mode, 1 - kept / 16, 2, 16, "cpu", importance)
+    return keep
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_clip_quickgelu_224", "vit_small_patch14_reg4_dinov2"])
+@pytest.mark.parametrize("importance", [True, False])
+def test_kept_rows_of_the_last_level_equal_the_full_forward(name, importance):
+    teacher = make_teacher(name)
+    images = torch.randn(2, 3, 64, 64)
+    full = teacher(images, [2, 3], importance=importance)
+    calls = []
+    sparse = teacher(images, [2, 3], importance=importance, keep=recording_keep(calls))
+    assert len(calls) == 1 and (calls[0] is None) == (not importance)
+    ids = sparse.ids_keep
+    assert ids.shape == (2, 5) and not ids.is_inference()  # the student saves it for backward
+    rows = torch.cat([torch.zeros_like(ids[:, :1]), ids + 1], dim=1)
+    gathered = lambda levels: levels[:, torch.arange(2)[:, None], rows]  # noqa: E731
+    torch.testing.assert_close(gathered(sparse.levels), gathered(full.levels), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sparse.levels[0], full.levels[0])  # not the last level: every row, untouched
+    masked = torch.ones(2, 17, dtype=torch.bool)
+    masked[torch.arange(2)[:, None], rows] = False
+    assert (sparse.levels[1][masked] == 0).all()  # rows the block did not run
+    if importance:
+        torch.testing.assert_close(sparse.importance, full.importance)
+
+
+def test_all_rows_and_unsupervised_last_level_keep_every_value():
+    teacher = make_teacher()
+    images = torch.randn(2, 3, 64, 64)
+    full = teacher(images, [1, 3])
+    dense = teacher(images, [1, 3], keep=recording_keep([]), all_rows=True)
+    torch.testing.assert_close(dense.levels, full.levels, rtol=1e-5, atol=1e-5)
+    # last level not asked for: the last block yields only the importance (and the mask drawn from it)
+    calls = []
+    partial = teacher(images, [1, 2], keep=recording_keep(calls))
+    torch.testing.assert_close(partial.importance, full.importance)
+    torch.testing.assert_close(partial.levels[0], full.levels[0])
+    assert partial.ids_keep.shape == (2, 5) and calls[0] is not None
+
+
+def test_random_mask_without_the_last_block_is_still_drawn():
+    teacher = make_teacher()
+    calls = []
+    out = teacher(torch.randn(2, 3, 64, 64), [1], importance=False, keep=recording_keep(calls))
+    assert calls == [None] and out.ids_keep.shape == (2, 5) and out.importance is None
