@@ -3,7 +3,6 @@ logging into the pretraining loop. It drives any method through one small interf
 forward returns an object with `.loss` and `.level_losses`, and `param_groups(weight_decay)`."""
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .metrics import MetricsWriter, read_metrics
 from .optim import build_optimizer, set_lr
+from .precision import autocast_for, resolve_precision
 from .progress import ProgressReporter
 from .report import plot_loss_curve, print_summary, write_summary
 from .rng import get_rng_state, set_rng_state
@@ -28,21 +28,6 @@ from .step import StepStats, train_step
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {name!r}")
-    if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return name
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast (no GradScaler needed: bf16 has fp32's range), or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class Trainer:

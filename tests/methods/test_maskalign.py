@@ -65,6 +65,24 @@ def test_vit_base_student_with_clip_b16_teacher_on_cpu():
     assert not any(p.requires_grad for p in method.teacher.parameters())
 
 
+def test_the_gpu_precision_setup_runs_on_the_cpu_too():
+    """bf16 teacher weights under bf16 autocast (what the trainer does on CUDA): the same loss as fp32 within
+    bf16's precision, and finite gradients (random masking: the same mask in both precisions)."""
+    torch.manual_seed(0)
+    method = MaskAlign(tiny_config(mask_mode="random"))
+    images = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    expected = method(images)
+    method.teacher.to(torch.bfloat16)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(images)
+    assert torch.equal(out.ids_keep, expected.ids_keep)
+    torch.testing.assert_close(out.loss, expected.loss.detach(), rtol=5e-2, atol=0)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.requires_grad)
+
+
 def test_linear_fusion_needs_equal_depths():
     with pytest.raises(ValueError, match="fusion 'linear' needs equal depths"):
         MaskAlign(tiny_config(student_kwargs=dict(embed_dim=64, depth=6, num_heads=2)))
