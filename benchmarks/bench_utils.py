@@ -7,14 +7,26 @@ import time
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 
 
 def environment(device: torch.device) -> dict:
     import timm
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()} ({torch.get_num_threads()} threads)"
-    return {"device": name, "versions": {"torch": torch.__version__, "timm": timm.__version__,
-                                         "cuda": torch.version.cuda, "python": platform.python_version()}}
+    versions = {"torch": torch.__version__, "timm": timm.__version__, "cuda": torch.version.cuda,
+                "python": platform.python_version()}
+    return {"device": device_name(device), "versions": versions}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's with its thread count, the vector ISA torch's kernels use and whether bf16
+    matrix products run natively (CPUs of one name differ in both, and the figures with them)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from fastmim.train.precision import cpu_has_fast_bf16
+
+    bf16 = "native bf16" if cpu_has_fast_bf16() else "no native bf16"
+    return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, {bf16})"
 
 
 def cpu_name() -> str:
@@ -54,7 +66,9 @@ class Timer:
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5) -> float:
-    """Best FLOP/s of a square matmul in the step's dtype: the machine's practical peak for MFU."""
+    """Best FLOP/s of a square product in the step's dtype, through F.linear (the GEMM the model's linears
+    call; on CPUs without native bf16 a bf16 `a @ b` takes a far slower path than a bf16 linear): the
+    machine's practical peak for MFU."""
     size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -63,7 +77,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int | Non
     for _ in range(repeats + 1):
         sync()
         start = time.perf_counter()
-        a @ b
+        F.linear(a, b)
         sync()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best

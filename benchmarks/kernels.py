@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import cpu_name, read_status_kb  # noqa: E402
+from bench_utils import device_name, read_status_kb  # noqa: E402
 
 from fastmim import ops  # noqa: E402
 from fastmim.ops import reference  # noqa: E402
@@ -224,9 +224,7 @@ def cpu_memory(args, op: str, variant: str) -> dict:
 def environment(device: torch.device) -> dict:
     import timm
 
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU: {cpu_name()} ({torch.get_num_threads()} threads)")
-    return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda or "",
+    return {"device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda or "",
             "python": platform.python_version(), "timm": timm.__version__}
 
 

@@ -1,12 +1,16 @@
 """Training images/s of the MaskAlign step: fastmim's path against the original computation, interleaved in
 one process, with a stage breakdown, MFU against a matmul peak measured in the same run, and peak memory.
 
-    python benchmarks/throughput.py --model small --device cpu --dtype bf16 --out benchmarks/results/x.json
-    python benchmarks/throughput.py --model base --device cuda --dtype bf16 --batch-size 128   # on a GPU
+    python benchmarks/throughput.py --model small --device cpu --out benchmarks/results/x.json
+    python benchmarks/throughput.py --model base --device cuda --batch-size 128   # on a GPU
+
+--dtype auto (the default) is bf16 on a GPU and on CPUs with native bf16 matrix products (AVX-512 BF16, AMX)
+and fp32 on other CPUs, which only emulate bf16 (asking for bf16 there warns).
 
 Paths (same student, teacher, DA, heads and batch; both train with AdamW):
 - fastmim: the trainer's own step (fastmim.train.step.train_step): fused kernels, teacher CLS-row importance,
-  supervised levels only, folded re-normalization, fused AdamW, no host synchronization.
+  the teacher's last block on the kept rows only, supervised levels only, folded re-normalization, fused
+  AdamW, no host synchronization.
 - reference: fastmim.methods.maskalign_reference — eager teacher attention returning every map, every level
   through every head, conv over all patches then gather, all levels normalized then gathered, einsum DA,
   separate loss ops, foreach AdamW and a `.item()` each step.
@@ -35,7 +39,7 @@ from fastmim.methods.maskalign import MaskAlign, MaskAlignConfig  # noqa: E402
 from fastmim.methods.maskalign_reference import MaskAlignReference  # noqa: E402
 from fastmim.train.optim import build_optimizer  # noqa: E402
 from fastmim.train.step import StepStats, train_step  # noqa: E402
-from fastmim.train.trainer import autocast_for  # noqa: E402
+from fastmim.train.precision import autocast_for, cpu_has_fast_bf16, warn_if_slow_bf16  # noqa: E402
 
 TEACHERS = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "clip_b16", "large": "clip_l14"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -49,7 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="images per step (default 128 on CUDA, 16 on the CPU)")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="bf16 autocast (default) or fp32")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="bf16 autocast or fp32; auto (default): bf16 on CUDA and on CPUs with native bf16 matrix "
+                   "products (AVX-512 BF16 / AMX), fp32 on other CPUs, where bf16 is emulated")
     p.add_argument("--steps", type=int, default=8, help="timed steps per path (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
     p.add_argument("--kernels", default="auto", choices=["auto", "fused", "reference"],
@@ -134,16 +140,18 @@ def timed(path, images, sync) -> float:
 def run(args) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    args.dtype = resolve_dtype(args, device)
     batch = args.batch_size or (128 if device.type == "cuda" else 16)
-    precision = "bf16" if args.dtype == "bf16" else "fp32"
     ops.set_kernels(args.kernels)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fastmim_method, reference = build_paths(args, device)
-    autocast = autocast_for(device, precision)
+    autocast = autocast_for(device, args.dtype)
     paths = [FastmimPath(fastmim_method, autocast), ReferencePath(reference, autocast)]
 
+    breakdown_rounds = max(3, args.steps // 2)
+    # one epoch covers every breakdown round: no path's data stage pays an epoch start (worker restart)
     data_cfg = DataConfig(backend="synthetic", img_size=args.img_size, batch_size=batch, workers=2,
-                          synthetic_images=batch * 4, pin_memory=device.type == "cuda")
+                          synthetic_images=batch * max(4, 2 * breakdown_rounds), pin_memory=device.type == "cuda")
     loader = build_loader(data_cfg, 0, 1, device)
     batches = [b.to(device) for b, _ in zip(loader, range(2))]
 
@@ -154,7 +162,7 @@ def run(args) -> dict:
             if round_index >= args.warmup:
                 times[path.name].append(seconds)
 
-    breakdown = {p.name: stage_breakdown(p, loader, device, sync, rounds=max(3, args.steps // 2)) for p in paths}
+    breakdown = stage_breakdown(paths, loader, device, sync, breakdown_rounds)
     memory = {p.name: peak_memory(p, batches[0], device, sync, args.argv) for p in paths}
     peak = measure_peak_flops(device, DTYPES[args.dtype])
     flops = maskalign_step_flops(fastmim_method).total
@@ -189,21 +197,38 @@ def probe_memory(args) -> None:
     """Child side of peak_memory: build everything, then measure the peak RSS growth of two steps."""
     device = torch.device("cpu")
     batch = args.batch_size or 16
+    args.dtype = resolve_dtype(args, device)
     fastmim_method, reference = build_paths(args, device)
-    autocast = autocast_for(device, "bf16" if args.dtype == "bf16" else "fp32")
+    autocast = autocast_for(device, args.dtype)
     path = FastmimPath(fastmim_method, autocast) if args.probe_memory == "fastmim" else ReferencePath(reference, autocast)
     images = torch.randn(batch, 3, args.img_size, args.img_size)
     print(memory_meter(device, lambda: [path.step(images) for _ in range(2)], lambda: None))
 
 
-def stage_breakdown(path, loader, device, sync, rounds: int) -> dict:
-    """Median seconds per stage over `rounds` synchronized steps (CUDA events on a GPU)."""
-    timer = Timer(device, sync)
-    iterator = iter(loader)
-    for _ in range(rounds):
-        images = timer.stage("data", lambda: next(iterator).to(device, non_blocking=True))
-        path.staged_step(images, timer)
-    return timer.medians()
+def stage_breakdown(paths, loader, device, sync, rounds: int) -> dict:
+    """Per path, median seconds per stage over `rounds` synchronized steps (CUDA events on a GPU), the paths
+    interleaved as in the timed rounds (the order alternates every round)."""
+    timers = {path.name: Timer(device, sync) for path in paths}
+    batches = endless(loader)
+    for round_index in range(rounds):
+        for path in (paths if round_index % 2 == 0 else paths[::-1]):
+            timer = timers[path.name]
+            images = timer.stage("data", lambda: next(batches).to(device, non_blocking=True))
+            path.staged_step(images, timer)
+    return {name: timer.medians() for name, timer in timers.items()}
+
+
+def endless(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def resolve_dtype(args, device: torch.device) -> str:
+    if args.dtype == "auto":
+        return "bf16" if device.type == "cuda" or cpu_has_fast_bf16() else "fp32"
+    warn_if_slow_bf16(args.dtype, device, "--dtype")
+    return args.dtype
 
 
 def main(argv=None) -> int:

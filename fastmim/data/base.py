@@ -39,7 +39,7 @@ class DataConfig:
     seed: int = 0
     pin_memory: bool = True
     dali_hw_decoder_load: float = 0.65  # share of JPEG decoding on the GPU's hardware decoder (A100/H100)
-    dali_dtype: str = "float32"         # DALI output on the GPU: float32 / bfloat16 / float16 (float32 on CPU)
+    dali_dtype: str = "float32"         # DALI output on the GPU: float32 / float16 (DALI has no bfloat16; CPU: float32)
     dali_prefetch: int = 2              # DALI prefetch queue depth (batches in flight)
 
 

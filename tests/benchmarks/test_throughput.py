@@ -36,3 +36,11 @@ def test_benchmark_runs_end_to_end_and_writes_its_json(tmp_path):
         assert {"data", "teacher_forward", "student_forward", "backward", "optimizer"} == r["breakdown"].keys()
         assert 0 < r["mfu"] < 1 and r["peak_memory_mb"] >= 0
     assert result["speedup"] == pytest.approx(result["fastmim"]["images_per_sec"] / result["reference"]["images_per_sec"])
+
+
+@pytest.mark.parametrize("fast_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_dtype_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, fast_bf16, expected):
+    monkeypatch.setattr(throughput, "cpu_has_fast_bf16", lambda: fast_bf16)
+    args = throughput.parse_args(["--device", "cpu"])
+    assert args.dtype == "auto"
+    assert throughput.resolve_dtype(args, torch.device("cpu")) == expected
