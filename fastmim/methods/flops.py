@@ -2,9 +2,9 @@
 
 Counted: every matrix product — patch embeddings, qkv/proj/MLP linears, attention's QKᵀ and AV, the teacher's
 CLS-row importance, the DA mix and the heads — as fastmim computes them (the teacher's last block on the kept
-rows only). Elementwise work (norms, softmax, GELU, the loss) is not
-counted, as usual for MFU. Backward costs two forward products per product (input and weight gradients),
-except the student's patch embedding, which needs only the weight gradient.
+rows only). Elementwise work (norms, softmax, GELU, the loss) is not counted, as usual for MFU. Backward costs
+two forward products per product (input and weight gradients), except the student's patch embedding, which
+needs only the weight gradient.
 """
 from __future__ import annotations
 
