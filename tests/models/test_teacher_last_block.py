@@ -60,3 +60,21 @@ def test_random_mask_without_the_last_block_is_still_drawn():
     calls = []
     out = teacher(torch.randn(2, 3, 64, 64), [1], importance=False, keep=recording_keep(calls))
     assert calls == [None] and out.ids_keep.shape == (2, 5) and out.importance is None
+
+
+@pytest.mark.cuda
+def test_kept_rows_on_cuda_in_bf16_equal_the_full_forward():
+    """The trainer's GPU setup: bf16 teacher weights under bf16 autocast."""
+    teacher = make_teacher().cuda().to(torch.bfloat16)
+    images = torch.randn(2, 3, 64, 64, device="cuda")
+    keep = lambda importance: keep_indices("attention", 1 - 5 / 16, 2, 16, "cuda", importance)  # noqa: E731
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        full = teacher(images, [2, 3])
+        sparse = teacher(images, [2, 3], keep=keep)
+    ids = sparse.ids_keep
+    assert ids.is_cuda and not ids.is_inference()
+    rows = torch.cat([torch.zeros_like(ids[:, :1]), ids + 1], dim=1)
+    batch = torch.arange(2, device="cuda")[:, None]
+    torch.testing.assert_close(sparse.levels[:, batch, rows].float(), full.levels[:, batch, rows].float(),
+                               rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(sparse.importance, full.importance)
