@@ -26,7 +26,8 @@ def device_name(device: torch.device) -> str:
     from fastmim.train.precision import cpu_has_fast_bf16
 
     bf16 = "native bf16" if cpu_has_fast_bf16() else "no native bf16"
-    return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, {bf16})"
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads, {isa}, {bf16})"
 
 
 def cpu_name() -> str:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers.activations import QuickGELU
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-from .teacher_last_block import KeepFn, LastBlockOutput, draw_keep, last_block
+from .teacher_last_block import KeepFn, LastBlockOutput, cls_and_kept_rows, draw_keep, last_block
 from .teacher_weights import load_teacher_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -151,7 +151,7 @@ class Teacher(nn.Module):
             return self.select_tokens(out.x)
         b, _, d = out.x.shape
         level = out.x.new_zeros(b, 1 + self.model.patch_embed.num_patches, d)
-        rows = torch.cat([torch.zeros_like(out.ids_keep[:, :1]), out.ids_keep + 1], dim=1)
+        rows = cls_and_kept_rows(out.ids_keep, 1)
         return level.scatter_(1, rows[..., None].expand(-1, -1, d), out.x)
 
     @torch.inference_mode()

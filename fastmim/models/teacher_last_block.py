@@ -38,6 +38,12 @@ def heads_projection(x: torch.Tensor, linear: nn.Linear, part: int, num_heads: i
     return F.linear(x, weight, bias).reshape(b, r, num_heads, -1).transpose(1, 2)
 
 
+def cls_and_kept_rows(ids_keep: torch.Tensor, first_patch_row: int) -> torch.Tensor:
+    """[B, 1+K] row indices: the CLS row 0, then each kept patch in a layout whose patches start at
+    `first_patch_row` (the number of prefix tokens in the block's input; 1 in the returned levels)."""
+    return torch.cat([torch.zeros_like(ids_keep[:, :1]), ids_keep + first_patch_row], dim=1)
+
+
 def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
 
@@ -70,9 +76,8 @@ def last_block(block: nn.Module, x: torch.Tensor, num_prefix: int, importance: b
     if not kept_rows_only:
         x_rows, y_rest = x, y[:, 1:]
     else:
-        patch_rows = ids_keep + num_prefix
-        rows = torch.cat([torch.zeros_like(patch_rows[:, :1]), patch_rows], dim=1)
-        x_rows, y_rest = gather_rows(x, rows), gather_rows(y, patch_rows)
+        rows = cls_and_kept_rows(ids_keep, num_prefix)
+        x_rows, y_rest = gather_rows(x, rows), gather_rows(y, rows[:, 1:])
     q = torch.cat([q_cls, attn.q_norm(heads_projection(y_rest, attn.qkv, 0, heads))], dim=2)
     v = heads_projection(y, attn.qkv, 2, heads)
     out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
