@@ -1,6 +1,8 @@
 # Two set-up-free commands: `make demo` and `make test`. Everything they need is installed from nothing
 # into .venv: torch (the CUDA build the machine's package cache provides), the package in editable mode
-# (building the fastmim._C extension), the test tools and the optional DALI backend.
+# (building the fastmim._C extension), the test tools and the optional DALI backend. `make test` also builds
+# the test-only SIMT-emulation library (the CUDA kernels compiled for the CPU with ASan and UBSan), through
+# which the tests run every CUDA kernel body.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*/*.h)
 
-.PHONY: install test demo clean
+.PHONY: install emulation test demo clean
 
 install: $(STAMP)
 
@@ -22,7 +24,10 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install -q --no-build-isolation -e ".[test,dali]"
 	touch $(STAMP)
 
-test: $(STAMP)
+emulation: $(STAMP)
+	$(PY) tests/emulation/build.py
+
+test: $(STAMP) emulation
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

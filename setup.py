@@ -3,7 +3,8 @@
 A CUDA extension (CPU and CUDA kernels) when torch was built with CUDA and a real nvcc is found, a CPU
 extension otherwise. Environment:
   FASTMIM_CUDA=0          build the CPU kernels only
-  TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0a": A100 and H100)
+  TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0;10.0;12.0+PTX": SASS for A100, H100/H200,
+                          B200/GB200 and RTX 50, and PTX for the newest, which later GPUs JIT-compile)
   MAX_JOBS                parallel compile jobs (ninja)
   CUDA_HOME               the CUDA toolkit, when it is not at its standard location
 nvcc warnings are errors, and so is a register spill (-Xptxas -warn-spills with ptxas -Werror).
@@ -19,7 +20,7 @@ import subprocess
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0a"
+DEFAULT_ARCHS = "8.0;9.0;10.0;12.0+PTX"  # nothing needs sm_90a, whose code runs on no other GPU
 # -fopenmp: at::parallel_for is inline OpenMP code; the last two let the loops with min/max vectorize.
 CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
 NVCC_FLAGS = [

@@ -89,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fastmim.train.trainer import Trainer  # heavy imports only when training
 
+    from fastmim.ops.selfcheck import KernelMismatchError
+
     try:
         trainer = Trainer(cfg)  # everything that can be wrong with the input is found here, before any work
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, KernelMismatchError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     trainer.run()
     return 0

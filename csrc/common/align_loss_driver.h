@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceGuard.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
 
@@ -47,6 +48,7 @@ inline std::tuple<at::Tensor, at::Tensor> align_loss_forward(
   const AlignLossShape s = check_align_loss(pred, target, ids_keep);
   TORCH_CHECK_VALUE(beta >= 0, "beta must be non-negative, got ", beta);
   TORCH_CHECK_VALUE(eps > 0, "eps must be positive, got ", eps);
+  const c10::DeviceGuard guard(pred.device());  // after the checks: a mixed-device call gets their error
   const LossKind kind = parse_loss(loss);
   // smooth_l1 with beta 0 is l1 (as F.smooth_l1_loss), whose derivative the smooth form cannot express.
   const AlignLossOptions o{kind == LossKind::SmoothL1 && beta == 0 ? LossKind::L1 : kind,
@@ -78,6 +80,7 @@ inline at::Tensor align_loss_backward(const AlignLossPrimitives& k, const at::Te
   FASTMIM_CHECK_FLOATING(grad_loss);
   FASTMIM_CHECK_SIZE(grad_loss, 0, grad_row.size(0));
   FASTMIM_CHECK_SAME_DEVICE(grad_loss, grad_row);
+  const c10::DeviceGuard guard(grad_row.device());
   const at::Tensor scale = grad_loss.to(align_loss_acc_type(grad_row)).div(align_loss_count(grad_row, loss));
   if (grad_row.numel() == 0) return at::empty(grad_row.sizes(), grad_row.options());
   return k.rescale(scale.contiguous(), grad_row.contiguous());

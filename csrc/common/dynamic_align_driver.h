@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceGuard.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
@@ -44,6 +45,7 @@ inline at::Tensor dynamic_align_forward(const DynamicAlignPrimitives& k, const a
                                         const at::Tensor& mix, const std::optional<at::Tensor>& head_weight,
                                         const std::optional<at::Tensor>& head_bias) {
   const DynamicAlignShape s = check_dynamic_align(hidden, mix, head_weight, head_bias);
+  const c10::DeviceGuard guard(hidden.device());  // after the checks: a mixed-device call gets their error
   const at::Tensor h = level_rows(hidden);
   const at::Tensor m = mix.to(dynamic_align_acc_type(hidden)).contiguous();
   at::Tensor mixed = at::empty({s.levels_out, s.tokens * s.dim}, hidden.options());
@@ -77,6 +79,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_align_
   FASTMIM_CHECK_SAME_DTYPE(grad_out, hidden);
   FASTMIM_CHECK_SAME_DEVICE(grad_out, hidden);
   TORCH_CHECK_VALUE(!output_mask[2] || head_weight.has_value(), "a head_weight gradient needs head_weight");
+  const c10::DeviceGuard guard(hidden.device());
   const at::ScalarType acc = dynamic_align_acc_type(hidden);
   const at::Tensor h = level_rows(hidden);
   const at::Tensor m = mix.to(acc).contiguous();

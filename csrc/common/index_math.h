@@ -13,13 +13,22 @@
 
 namespace fastmim {
 
-// Where pixel e of patch n of sample b lies in the image. e runs over (c, i, j), the order of the
-// flattened Conv2d weight [D, C, p, p]; n is the row-major patch index on the (H/p) x (W/p) grid.
+// Where pixel e of patch n of sample b lies in the image. n is the row-major patch index on the
+// (H/p) x (W/p) grid. e runs over (c, i, j), the order of the flattened Conv2d weight [D, C, p, p] — or, with
+// `channels_inner`, over (i, j, c), the order of the weight permuted to [D, p, p, C]: a channels-last image
+// then holds each of the p lines of a patch as one contiguous run of p·C values instead of p·C runs of one.
+// A line is the run of consecutive e at a single stride (`step`): p pixels (c, i fixed) or p·C values (i fixed).
 // The divisions run in index_t: device code passes int (64-bit division is a slow subroutine on GPUs).
 struct PatchGeometry {
   int64_t patch;      // p
   int64_t grid_w;     // W / p
+  int64_t channels;   // C
   int64_t stride_b, stride_c, stride_h, stride_w;  // image strides in elements
+  bool channels_inner;
+
+  FASTMIM_HD int64_t line_length() const { return channels_inner ? patch * channels : patch; }
+  FASTMIM_HD int64_t lines() const { return channels_inner ? patch : patch * channels; }
+  FASTMIM_HD int64_t step() const { return channels_inner ? stride_c : stride_w; }
 
   template <typename index_t>
   FASTMIM_HD int64_t patch_origin(int64_t b, index_t n) const {
@@ -28,11 +37,17 @@ struct PatchGeometry {
     return b * stride_b + gy * patch * stride_h + gx * patch * stride_w;
   }
   template <typename index_t>
+  FASTMIM_HD int64_t line_origin(index_t line) const {  // relative to patch_origin
+    if (channels_inner) return line * stride_h;
+    const index_t p = static_cast<index_t>(patch);
+    const index_t c = line / p;
+    return c * stride_c + (line - c * p) * stride_h;
+  }
+  template <typename index_t>
   FASTMIM_HD int64_t pixel_offset(index_t e) const {  // relative to patch_origin
-    const index_t p = static_cast<index_t>(patch), pp = p * p;
-    const index_t c = e / pp, rem = e - c * pp;
-    const index_t i = rem / p, j = rem - i * p;
-    return c * stride_c + i * stride_h + j * stride_w;
+    const index_t length = static_cast<index_t>(line_length());
+    const index_t line = e / length;
+    return line_origin(line) + (e - line * length) * step();
   }
 };
 

@@ -13,9 +13,23 @@ namespace fastmim {
 
 struct PatchEmbedShape {
   int64_t batch, channels, kept, dim, patch, grid_h, grid_w;
+  bool channels_inner;  // patches in (i, j, c) order, for channels-last images (index_math.h)
   int64_t num_patches() const { return grid_h * grid_w; }
   int64_t patch_numel() const { return channels * patch * patch; }
 };
+
+// Channels-last storage (the channels of a pixel adjacent): patch rows are gathered in (i, j, c) order.
+inline bool is_channels_last(const at::Tensor& images) {
+  return images.size(1) > 1 && images.stride(1) == 1 && images.stride(3) == images.size(1);
+}
+
+inline PatchGeometry patch_geometry(const at::Tensor& images, const PatchEmbedShape& s) {
+  // (i, j, c) lines are uniform-stride runs only where a pixel's channels sit within its column step.
+  TORCH_INTERNAL_ASSERT(!s.channels_inner || images.stride(3) == s.channels * images.stride(1),
+                        "patch rows in (i, j, c) order need channels-last strides, got ", images.strides());
+  return {s.patch, s.grid_w, s.channels, images.stride(0), images.stride(1), images.stride(2), images.stride(3),
+          s.channels_inner};
+}
 
 inline PatchEmbedShape check_masked_patch_embed(const at::Tensor& images, const at::Tensor& ids_keep,
                                                 const at::Tensor& weight,
@@ -41,6 +55,7 @@ inline PatchEmbedShape check_masked_patch_embed(const at::Tensor& images, const 
                     images.size(2), "x", images.size(3), " is not divisible by the patch size ", s.patch);
   s.grid_h = images.size(2) / s.patch;
   s.grid_w = images.size(3) / s.patch;
+  s.channels_inner = is_channels_last(images);
   FASTMIM_CHECK_SIZE(ids_keep, 0, s.batch);
   if (bias.has_value()) {
     const at::Tensor& b = *bias;

@@ -9,63 +9,48 @@
 #include <vector>
 
 #include "../common/align_loss_driver.h"
+#include "../common/align_loss_math.h"
 #include "../common/dispatch.h"
 #include "simd.h"
 
 namespace fastmim {
 namespace {
 
-// A row read in the accumulation type, normalized on the fly: x̂ = (x - shift) · scale. `clamped` marks an
-// l2 row whose norm fell under F.normalize's clamp.
+// A row read in the accumulation type, normalized on the fly: x̂ = (x - shift) · scale.
 template <typename acc_t>
 struct Row {
   const acc_t* x;
-  acc_t shift = 0, scale = 1;
-  bool clamped = false;
+  RowScale<acc_t> norm;
 };
 
 template <typename acc_t>
 FASTMIM_ALWAYS_INLINE Row<acc_t> row_stats(const acc_t* x, int64_t dim, RowNorm norm, acc_t eps) {
-  Row<acc_t> row{x};
+  if (norm == RowNorm::None) return {x, {}};
+  acc_t mean = 0;
   if (norm == RowNorm::LayerNorm) {
     acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t d = 0; d < dim; ++d) sum += x[d];
-    const acc_t mean = sum / dim;
-    acc_t sq = 0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t d = 0; d < dim; ++d) sq += (x[d] - mean) * (x[d] - mean);
-    row.shift = mean;
-    row.scale = acc_t(1) / std::sqrt(sq / dim + eps);
-  } else if (norm == RowNorm::L2) {
-    acc_t sq = 0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t d = 0; d < dim; ++d) sq += x[d] * x[d];
-    const acc_t n = std::sqrt(sq);
-    row.clamped = !(n > acc_t(kL2NormEps));
-    row.scale = acc_t(1) / (row.clamped ? acc_t(kL2NormEps) : n);
+    mean = sum / dim;
   }
-  return row;
+  acc_t sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t d = 0; d < dim; ++d) sq += (x[d] - mean) * (x[d] - mean);
+  return {x, row_scale(norm, mean, sq, dim, eps)};
 }
 
-// Sums over a row that the gradient through the prediction's normalization needs.
-template <typename acc_t>
-struct RowSums {
-  acc_t loss = 0, g = 0, gx = 0;  // Σ loss, Σ dℓ/dx̂, Σ dℓ/dx̂ · x̂
-};
-
-// Cosine: row loss 1 - cos, dℓ/dx̂ = x̂·b - t̂·a with a = 1/(|x̂| |t̂|), b = cos/|x̂|² (norms clamped as
-// F.cosine_similarity; a clamped |x̂| counts as a constant, b = 0). Elementwise losses leave a = b = 0.
+// Elementwise losses read beta; cosine fills its terms from the row sums.
 template <typename acc_t>
 struct LossTerms {
-  acc_t beta = 0, inv_beta = 0, a = 0, b = 0;
+  acc_t beta = 0, inv_beta = 0;
+  CosineTerms<acc_t> cosine;
 };
 
 template <LossKind kind, typename acc_t>
 FASTMIM_ALWAYS_INLINE RowSums<acc_t> row_sums(const Row<acc_t>& xr, const Row<acc_t>& tr, int64_t dim,
                                               LossTerms<acc_t>& c) {
   const acc_t *x = xr.x, *t = tr.x;
-  const acc_t xs = xr.shift, xk = xr.scale, ts = tr.shift, tk = tr.scale;
+  const acc_t xs = xr.norm.shift, xk = xr.norm.scale, ts = tr.norm.shift, tk = tr.norm.scale;
   if constexpr (kind == LossKind::Cosine) {
     acc_t dot = 0, xx = 0, tt = 0, sx = 0, st = 0;
 #pragma omp simd reduction(+ : dot, xx, tt, sx, st)
@@ -77,13 +62,7 @@ FASTMIM_ALWAYS_INLINE RowSums<acc_t> row_sums(const Row<acc_t>& xr, const Row<ac
       sx += xh;
       st += th;
     }
-    const acc_t eps = acc_t(kCosineEps);
-    const acc_t nx = std::sqrt(xx), nt = std::sqrt(tt);
-    const acc_t cx = nx > eps ? nx : eps, ct = nt > eps ? nt : eps;
-    const acc_t cos = dot / (cx * ct);
-    c.a = acc_t(1) / (cx * ct);
-    c.b = nx > eps ? cos / (cx * cx) : acc_t(0);
-    return {acc_t(1) - cos, sx * c.b - st * c.a, xx * c.b - dot * c.a};
+    return cosine_row(dot, xx, tt, sx, st, c.cosine);
   } else {
     const acc_t beta = c.beta, inv_beta = c.inv_beta;
     acc_t loss = 0, sg = 0, sgx = 0;
@@ -99,25 +78,24 @@ FASTMIM_ALWAYS_INLINE RowSums<acc_t> row_sums(const Row<acc_t>& xr, const Row<ac
   }
 }
 
-// dℓ/dx = scale · (dℓ/dx̂ - shift - x̂ · coef): the gradient through the prediction's normalization
-// (identity: scale 1, shift = coef = 0; layernorm: rstd, mean(g), mean(g·x̂); l2: 1/|x|, 0, Σ g·x̂).
+// dℓ/dx for every element of the row, through the prediction's normalization (align_loss_math.h).
 template <LossKind kind, typename acc_t, typename pred_t>
 FASTMIM_ALWAYS_INLINE void write_grad(const Row<acc_t>& xr, const Row<acc_t>& tr, int64_t dim,
-                                      const LossTerms<acc_t>& c, acc_t scale, acc_t shift, acc_t coef,
-                                      pred_t* out) {
+                                      const LossTerms<acc_t>& c, const NormChain<acc_t>& chain, pred_t* out) {
   const acc_t *x = xr.x, *t = tr.x;
-  const acc_t xs = xr.shift, xk = xr.scale, ts = tr.shift, tk = tr.scale;
-  const acc_t beta = c.beta, inv_beta = c.inv_beta, a = c.a, b = c.b;
+  const acc_t xs = xr.norm.shift, xk = xr.norm.scale, ts = tr.norm.shift, tk = tr.norm.scale;
+  const acc_t beta = c.beta, inv_beta = c.inv_beta;
+  const CosineTerms<acc_t> cosine = c.cosine;
 #pragma omp simd
   for (int64_t d = 0; d < dim; ++d) {
     const acc_t xh = (x[d] - xs) * xk, th = (t[d] - ts) * tk;
     acc_t g;
     if constexpr (kind == LossKind::Cosine) {
-      g = xh * b - th * a;
+      g = cosine_grad(xh, th, cosine);
     } else {
       g = element_grad(kind, xh - th, beta, inv_beta);
     }
-    out[d] = static_cast<pred_t>(scale * (g - shift - xh * coef));
+    out[d] = static_cast<pred_t>(chain.apply(g, xh));
   }
 }
 
@@ -164,16 +142,7 @@ FASTMIM_ALWAYS_INLINE void process_rows(const RowTask<pred_t, target_t>& k, int6
     const RowSums<acc_t> sums = row_sums<kind>(x, t, dim, c);
     k.losses[r] = sums.loss;
     if (k.grad == nullptr) continue;
-    acc_t shift = 0, scale = 1, coef = 0;
-    if (k.pred_norm == RowNorm::LayerNorm) {
-      scale = x.scale;
-      shift = sums.g / dim;
-      coef = sums.gx / dim;
-    } else if (k.pred_norm == RowNorm::L2) {
-      scale = x.scale;
-      coef = x.clamped ? acc_t(0) : sums.gx;
-    }
-    write_grad<kind>(x, t, dim, c, scale, shift, coef, k.grad + r * dim);
+    write_grad<kind>(x, t, dim, c, norm_chain(k.pred_norm, x.norm, sums, dim), k.grad + r * dim);
   }
 }
 

@@ -11,10 +11,6 @@
 namespace fastmim {
 namespace {
 
-PatchGeometry geometry(const at::Tensor& images, const PatchEmbedShape& s) {
-  return {s.patch, s.grid_w, images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
-}
-
 // Rows of at least ~32k elements per task, so a thread's work outweighs its start-up.
 int64_t row_grain(int64_t row_numel) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_numel)); }
 
@@ -22,7 +18,7 @@ template <typename scalar_t>
 void gather_typed(const at::Tensor& images, const at::Tensor& ids_keep, const PatchEmbedShape& s,
                   at::Tensor& patches, const at::Tensor& bias, const at::Tensor& pos_embed, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const PatchGeometry g = geometry(images, s);
+  const PatchGeometry g = patch_geometry(images, s);
   const scalar_t* src = images.const_data_ptr<scalar_t>();
   const int64_t* ids = ids_keep.const_data_ptr<int64_t>();
   scalar_t* dst = patches.mutable_data_ptr<scalar_t>();
@@ -32,19 +28,21 @@ void gather_typed(const at::Tensor& images, const at::Tensor& ids_keep, const Pa
   const int64_t pos_s0 = pos_embed.defined() ? pos_embed.stride(0) : 0;
   const int64_t pos_s1 = pos_embed.defined() ? pos_embed.stride(1) : 0;
   scalar_t* out_p = out.defined() ? out.mutable_data_ptr<scalar_t>() : nullptr;
-  const int64_t numel = s.patch_numel(), p = s.patch, n_patches = s.num_patches();
+  const int64_t numel = s.patch_numel(), n_patches = s.num_patches();
+  const int64_t length = g.line_length(), lines = g.lines(), step = g.step();
   at::parallel_for(0, s.batch * s.kept, row_grain(numel), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = ids[r];
       FASTMIM_CHECK_INDEX_VALUE(ids_keep, n, n_patches);
       const scalar_t* patch = src + g.patch_origin(r / s.kept, n);
       scalar_t* row = dst + r * numel;
-      for (int64_t line = 0; line < numel; line += p) {  // one line of p pixels per (c, i)
-        const scalar_t* pixels = patch + g.pixel_offset(line);
-        if (g.stride_w == 1) {
-          std::copy(pixels, pixels + p, row + line);
+      for (int64_t line = 0; line < lines; ++line) {  // p pixels per (c, i), or p·C values per i
+        const scalar_t* pixels = patch + g.line_origin(line);
+        scalar_t* dst_line = row + line * length;
+        if (step == 1) {
+          std::copy(pixels, pixels + length, dst_line);
         } else {
-          for (int64_t j = 0; j < p; ++j) row[line + j] = pixels[j * g.stride_w];
+          for (int64_t j = 0; j < length; ++j) dst_line[j] = pixels[j * step];
         }
       }
       if (out_p == nullptr) continue;
@@ -109,11 +107,12 @@ template <typename scalar_t>
 void scatter_typed(const at::Tensor& grad_patches, const at::Tensor& ids_keep, const PatchEmbedShape& s,
                    at::Tensor& grad_images) {
   using acc_t = at::opmath_type<scalar_t>;
-  const PatchGeometry g = geometry(grad_images, s);
+  const PatchGeometry g = patch_geometry(grad_images, s);
   const scalar_t* src = grad_patches.const_data_ptr<scalar_t>();
   const int64_t* ids = ids_keep.const_data_ptr<int64_t>();
   scalar_t* dst = grad_images.mutable_data_ptr<scalar_t>();
-  const int64_t numel = s.patch_numel(), p = s.patch, n_patches = s.num_patches();
+  const int64_t numel = s.patch_numel(), n_patches = s.num_patches();
+  const int64_t length = g.line_length(), lines = g.lines(), step = g.step();
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t k = 0; k < s.kept; ++k) {
@@ -121,10 +120,12 @@ void scatter_typed(const at::Tensor& grad_patches, const at::Tensor& ids_keep, c
         FASTMIM_CHECK_INDEX_VALUE(ids_keep, n, n_patches);
         scalar_t* patch = dst + g.patch_origin(b, n);
         const scalar_t* row = src + r * numel;
-        for (int64_t line = 0; line < numel; line += p) {
-          scalar_t* pixels = patch + g.pixel_offset(line);
-          for (int64_t j = 0; j < p; ++j) {
-            pixels[j] = static_cast<scalar_t>(static_cast<acc_t>(pixels[j]) + static_cast<acc_t>(row[line + j]));
+        for (int64_t line = 0; line < lines; ++line) {
+          scalar_t* pixels = patch + g.line_origin(line);
+          const scalar_t* src_line = row + line * length;
+          for (int64_t j = 0; j < length; ++j) {
+            scalar_t& pixel = pixels[j * step];
+            pixel = static_cast<scalar_t>(static_cast<acc_t>(pixel) + static_cast<acc_t>(src_line[j]));
           }
         }
       }

@@ -4,9 +4,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "../common/align_loss_driver.h"
+#include "../common/align_loss_math.h"
 #include "../common/dispatch.h"
 #include "utils.h"
 
@@ -31,40 +33,30 @@ struct RowArgs {
   float beta, inv_beta, eps;
 };
 
-// (shift, scale) with normalized = (x - shift) · scale, over the row x of `dim` values; lanes stride by VEC.
+// The normalization of the row x of `dim` values (align_loss_math.h); lanes stride by VEC.
 template <int VEC, typename T>
-__device__ __forceinline__ void row_stats(const T* x, int64_t dim, RowNorm norm, float eps, float& shift,
-                                          float& scale, bool& clamped) {
-  shift = 0.0f;
-  scale = 1.0f;
-  clamped = false;
-  if (norm == RowNorm::None) return;
+__device__ __forceinline__ RowScale<float> row_stats(const T* x, int64_t dim, RowNorm norm, float eps) {
+  if (norm == RowNorm::None) return {};
   const int lane = threadIdx.x % kWarp;
-  float sum = 0.0f;
+  float mean = 0.0f;
   if (norm == RowNorm::LayerNorm) {
+    float sum = 0.0f;
     for (int64_t d = lane * VEC; d < dim; d += kWarp * VEC) {
       float v[VEC];
       load_floats<VEC>(x + d, v);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) sum += v[i];
     }
-    shift = warp_sum(sum) / static_cast<float>(dim);
-    sum = 0.0f;
+    mean = warp_sum(sum) / static_cast<float>(dim);
   }
+  float squares = 0.0f;
   for (int64_t d = lane * VEC; d < dim; d += kWarp * VEC) {
     float v[VEC];
     load_floats<VEC>(x + d, v);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) sum += (v[i] - shift) * (v[i] - shift);
+    for (int i = 0; i < VEC; ++i) squares += (v[i] - mean) * (v[i] - mean);
   }
-  sum = warp_sum(sum);
-  if (norm == RowNorm::LayerNorm) {
-    scale = rsqrtf(sum / static_cast<float>(dim) + eps);
-  } else {
-    const float n = sqrtf(sum);
-    clamped = !(n > static_cast<float>(kL2NormEps));
-    scale = 1.0f / (clamped ? static_cast<float>(kL2NormEps) : n);
-  }
+  return row_scale(norm, mean, warp_sum(squares), dim, eps);
 }
 
 template <typename pred_t, typename target_t, int VEC>
@@ -72,24 +64,34 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
                                                                      const target_t* __restrict__ target,
                                                                      const int64_t* __restrict__ ids, RowArgs a,
                                                                      float* __restrict__ row_loss,
-                                                                     pred_t* __restrict__ grad) {
+                                                                     pred_t* __restrict__ grad,
+                                                                     int* __restrict__ errors) {
   const int lane = threadIdx.x % kWarp;
   const int r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
   const int per_level = a.batch * a.rows;
   if (r >= a.levels * per_level) return;  // whole warps leave together
   const int l = r / per_level, b = (r - l * per_level) / a.rows, j = r - (r / a.rows) * a.rows;
-  if (j > 0) FASTMIM_DEVICE_CHECK_INDEX(ids_keep, ids[b * (a.rows - 1) + j - 1], a.patches);
+  const int64_t dim = a.dim;
+  pred_t* out = grad == nullptr ? nullptr : grad + static_cast<int64_t>(r) * dim;
+  if (j > 0) {
+    const int64_t n = ids[b * (a.rows - 1) + j - 1];
+    if (n < 0 || n >= a.patches) {  // flagged for the host; the row's loss is NaN, its gradient 0
+      if (lane == 0) {
+        atomicOr(errors, static_cast<int>(cuda::kAlignLossIds));
+        row_loss[r] = NAN;
+      }
+      for (int64_t d = lane; out != nullptr && d < dim; d += kWarp) out[d] = static_cast<pred_t>(0.0f);
+      return;
+    }
+  }
   const target_t* t = target + l * a.ts0 + b * a.ts1 + target_row(ids, b, j, a.rows - 1) * a.ts2;
   const pred_t* x = pred + l * a.ps0 + b * a.ps1 + j * a.ps2;
-  const int64_t dim = a.dim;
 
-  float t_shift, t_scale, x_shift, x_scale;
-  bool t_clamped, x_clamped;
-  row_stats<VEC>(t, dim, a.target_norm, a.eps, t_shift, t_scale, t_clamped);
-  row_stats<VEC>(x, dim, a.pred_norm, a.eps, x_shift, x_scale, x_clamped);
+  const RowScale<float> tn = row_stats<VEC>(t, dim, a.target_norm, a.eps);
+  const RowScale<float> xn = row_stats<VEC>(x, dim, a.pred_norm, a.eps);
 
   // Pass over the normalized rows: elementwise losses sum loss, Σg, Σg·x̂;
-  // cosine sums x̂·t, |x̂|², |t|², Σx̂, Σt.
+  // cosine sums x̂·t̂, |x̂|², |t̂|², Σx̂, Σt̂.
   const bool cosine = a.loss == LossKind::Cosine;
   float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f;
   for (int64_t d = lane * VEC; d < dim; d += kWarp * VEC) {
@@ -98,7 +100,7 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
     load_floats<VEC>(t + d, tv);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const float xh = (xv[i] - x_shift) * x_scale, th = (tv[i] - t_shift) * t_scale;
+      const float xh = (xv[i] - xn.shift) * xn.scale, th = (tv[i] - tn.shift) * tn.scale;
       if (cosine) {
         s0 += xh * th;
         s1 += xh * xh;
@@ -113,46 +115,22 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
       }
     }
   }
-  s0 = warp_sum(s0);
-  s1 = warp_sum(s1);
-  s2 = warp_sum(s2);
-  float loss = s0, sum_g = s1, sum_gx = s2, ca = 0.0f, cb = 0.0f;
-  if (cosine) {
-    s3 = warp_sum(s3);
-    s4 = warp_sum(s4);
-    const float eps = static_cast<float>(kCosineEps);
-    const float nx = sqrtf(s1), nt = sqrtf(s2);
-    const float cx = nx > eps ? nx : eps, ct = nt > eps ? nt : eps;
-    const float cos = s0 / (cx * ct);
-    ca = 1.0f / (cx * ct);
-    cb = nx > eps ? cos / (cx * cx) : 0.0f;
-    loss = 1.0f - cos;
-    sum_g = s3 * cb - s4 * ca;
-    sum_gx = s1 * cb - s0 * ca;
-  }
-  if (lane == 0) row_loss[r] = loss;
-  if (grad == nullptr) return;
+  RowSums<float> sums{warp_sum(s0), warp_sum(s1), warp_sum(s2)};
+  CosineTerms<float> terms;
+  if (cosine) sums = cosine_row(sums.loss, sums.g, sums.gx, warp_sum(s3), warp_sum(s4), terms);
+  if (lane == 0) row_loss[r] = sums.loss;
+  if (out == nullptr) return;
 
-  // dℓ/dx = scale · (dℓ/dx̂ - shift - x̂ · coef) through the prediction's normalization.
-  float scale = 1.0f, shift = 0.0f, coef = 0.0f;
-  if (a.pred_norm == RowNorm::LayerNorm) {
-    scale = x_scale;
-    shift = sum_g / static_cast<float>(dim);
-    coef = sum_gx / static_cast<float>(dim);
-  } else if (a.pred_norm == RowNorm::L2) {
-    scale = x_scale;
-    coef = x_clamped ? 0.0f : sum_gx;
-  }
-  pred_t* out = grad + static_cast<int64_t>(r) * dim;
+  const NormChain<float> chain = norm_chain(a.pred_norm, xn, sums, dim);
   for (int64_t d = lane * VEC; d < dim; d += kWarp * VEC) {
     float xv[VEC], tv[VEC], gv[VEC];
     load_floats<VEC>(x + d, xv);
     load_floats<VEC>(t + d, tv);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const float xh = (xv[i] - x_shift) * x_scale, th = (tv[i] - t_shift) * t_scale;
-      const float g = cosine ? xh * cb - th * ca : element_grad(a.loss, xh - th, a.beta, a.inv_beta);
-      gv[i] = scale * (g - shift - xh * coef);
+      const float xh = (xv[i] - xn.shift) * xn.scale, th = (tv[i] - tn.shift) * tn.scale;
+      const float g = cosine ? cosine_grad(xh, th, terms) : element_grad(a.loss, xh - th, a.beta, a.inv_beta);
+      gv[i] = chain.apply(g, xh);
     }
     store_floats<VEC>(out + d, gv);
   }
@@ -179,58 +157,53 @@ void rows(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& id
     FASTMIM_DISPATCH_CUDA_FLOATS(target.scalar_type(), "align_loss", [&] {
       using target_t = scalar_t;
       pred_t* grad_p = grad.defined() ? grad.mutable_data_ptr<pred_t>() : nullptr;
-      if (packed) {
-        rows_kernel<pred_t, target_t, kVec><<<grid, kWarp * kWarpsPerBlock, 0, cuda::stream()>>>(
-            pred.const_data_ptr<pred_t>(), target.const_data_ptr<target_t>(), ids_keep.const_data_ptr<int64_t>(),
-            a, row_loss.mutable_data_ptr<float>(), grad_p);
-      } else {
-        rows_kernel<pred_t, target_t, 1><<<grid, kWarp * kWarpsPerBlock, 0, cuda::stream()>>>(
-            pred.const_data_ptr<pred_t>(), target.const_data_ptr<target_t>(), ids_keep.const_data_ptr<int64_t>(),
-            a, row_loss.mutable_data_ptr<float>(), grad_p);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto kernel = packed ? rows_kernel<pred_t, target_t, kVec> : rows_kernel<pred_t, target_t, 1>;
+      FASTMIM_LAUNCH(kernel, grid, kWarp * kWarpsPerBlock, 0, cuda::stream())(
+          pred.const_data_ptr<pred_t>(), target.const_data_ptr<target_t>(), ids_keep.const_data_ptr<int64_t>(), a,
+          row_loss.mutable_data_ptr<float>(), grad_p, cuda::error_flag_ptr(pred));
+      FASTMIM_LAUNCH_CHECK();
     });
   });
 }
 
 constexpr int kThreads = 256;
 
-// grad_pred = grad_row · level_scale[level]; blockIdx.y is the level, so no element needs a division.
+// grad_pred = grad_row · level_scale[level]; grid rows walk the levels, so no element needs a division.
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads) rescale_kernel(const scalar_t* __restrict__ src,
-                                                           const float* __restrict__ level_scale,
+                                                           const float* __restrict__ level_scale, int64_t levels,
                                                            int64_t per_level, scalar_t* __restrict__ dst) {
-  const float f = level_scale[blockIdx.y];
-  const int64_t base = static_cast<int64_t>(blockIdx.y) * per_level;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads * VEC;
-  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC; i < per_level; i += stride) {
-    float v[VEC];
-    load_floats<VEC>(src + base + i, v);
+  for (int64_t level = blockIdx.y; level < levels; level += gridDim.y) {
+    const float f = level_scale[level];
+    const int64_t base = level * per_level;
+    for (int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC; i < per_level;
+         i += stride) {
+      float v[VEC];
+      load_floats<VEC>(src + base + i, v);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) v[k] *= f;
-    store_floats<VEC>(dst + base + i, v);
+      for (int k = 0; k < VEC; ++k) v[k] *= f;
+      store_floats<VEC>(dst + base + i, v);
+    }
   }
 }
 
 at::Tensor rescale(const at::Tensor& level_scale, const at::Tensor& grad_row) {
   at::Tensor out = at::empty(grad_row.sizes(), grad_row.options());
   const int64_t levels = grad_row.size(0), per_level = grad_row.numel() / levels;
-  TORCH_CHECK_VALUE(levels < 65536, "pred has too many levels for the CUDA kernel: ", levels);
   FASTMIM_DISPATCH_CUDA_FLOATS(grad_row.scalar_type(), "align_loss_backward", [&] {
-    constexpr int vec = 16 / sizeof(scalar_t);
-    const bool packed = per_level % vec == 0;  // fresh contiguous tensors are aligned
-    const int64_t blocks = std::min<int64_t>(ceil_div(per_level, kThreads * (packed ? vec : 1)), 4096);
-    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(levels));
-    if (packed) {
-      rescale_kernel<scalar_t, vec><<<grid, kThreads, 0, cuda::stream()>>>(
-          grad_row.const_data_ptr<scalar_t>(), level_scale.const_data_ptr<float>(), per_level,
-          out.mutable_data_ptr<scalar_t>());
-    } else {
-      rescale_kernel<scalar_t, 1><<<grid, kThreads, 0, cuda::stream()>>>(
-          grad_row.const_data_ptr<scalar_t>(), level_scale.const_data_ptr<float>(), per_level,
-          out.mutable_data_ptr<scalar_t>());
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // grad_row may be a view at any offset: the width follows its alignment (fresh `out` is aligned).
+    const int vec = cuda::vector_width(grad_row, per_level, {per_level});
+    const int64_t blocks = std::min<int64_t>(ceil_div(per_level, kThreads * vec), 4096);
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(std::min<int64_t>(levels, cuda::max_grid_y())));
+    auto kernel = rescale_kernel<scalar_t, 1>;
+    if (vec == 16 / static_cast<int>(sizeof(scalar_t))) kernel = rescale_kernel<scalar_t, 16 / sizeof(scalar_t)>;
+    else if (vec == 8 / static_cast<int>(sizeof(scalar_t))) kernel = rescale_kernel<scalar_t, 8 / sizeof(scalar_t)>;
+    else if (vec > 1) kernel = rescale_kernel<scalar_t, 4 / sizeof(scalar_t)>;
+    FASTMIM_LAUNCH(kernel, grid, kThreads, 0, cuda::stream())(grad_row.const_data_ptr<scalar_t>(),
+                                                              level_scale.const_data_ptr<float>(), levels, per_level,
+                                                              out.mutable_data_ptr<scalar_t>());
+    FASTMIM_LAUNCH_CHECK();
   });
   return out;
 }
@@ -243,20 +216,18 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& pred, const at
                                                 double beta, double eps, bool with_grad) {
   FASTMIM_CHECK_CUDA_FLOATING(pred);
   FASTMIM_CHECK_CUDA_FLOATING(target);
-  const c10::cuda::CUDAGuard guard(pred.device());
   return align_loss_forward(kCuda, pred, target, ids_keep, loss, target_norm, pred_norm, beta, eps, with_grad);
 }
 
 at::Tensor backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad_rows, c10::string_view loss) {
   FASTMIM_CHECK_CUDA_FLOATING(grad_rows);
-  const c10::cuda::CUDAGuard guard(grad_rows.device());
   return align_loss_backward(kCuda, grad_loss, grad_rows, loss);
 }
 
 }  // namespace
 }  // namespace fastmim
 
-TORCH_LIBRARY_IMPL(fastmim, CUDA, m) {
+TORCH_LIBRARY_IMPL(FASTMIM_CUDA_LIBRARY, FASTMIM_CUDA_KEY, m) {
   m.impl("align_loss", &fastmim::forward_cuda);
   m.impl("align_loss_backward", &fastmim::backward_cuda);
 }

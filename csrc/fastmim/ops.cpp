@@ -1,28 +1,6 @@
-// Every fastmim operator schema, declared once. The CPU kernels register in csrc/cpu/*.cpp, the CUDA kernels
-// in csrc/cuda/*.cu; the fake (meta) kernels and autograd formulas are registered from Python
+// The `fastmim` operator library. The CPU kernels register in csrc/cpu/*.cpp, the CUDA kernels in
+// csrc/cuda/*.cu; the fake (meta) kernels and autograd formulas are registered from Python
 // (fastmim/ops/<op>.py), next to each op's reference.
-#include <torch/library.h>
+#include "schemas.h"
 
-TORCH_LIBRARY(fastmim, m) {
-  m.def(
-      "masked_patch_embed(Tensor images, Tensor ids_keep, Tensor weight, Tensor? bias=None, "
-      "Tensor? pos_embed=None) -> Tensor");
-  // Gradients for (images, weight, bias, pos_embed) where output_mask says so, empty tensors elsewhere.
-  m.def(
-      "masked_patch_embed_backward(Tensor grad_out, Tensor images, Tensor ids_keep, Tensor weight, "
-      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-
-  // Returns the per-level loss and, when with_grad, d(row loss)/d(pred) (pred's shape and dtype) for the
-  // backward to rescale; an empty tensor otherwise.
-  m.def(
-      "align_loss(Tensor pred, Tensor target, Tensor ids_keep, str loss=\"smooth_l1\", "
-      "str target_norm=\"layernorm\", str pred_norm=\"none\", float beta=1.0, float eps=1e-05, "
-      "bool with_grad=True) -> (Tensor, Tensor)");
-  m.def("align_loss_backward(Tensor grad_loss, Tensor grad_rows, str loss) -> Tensor");
-
-  m.def("dynamic_align(Tensor hidden, Tensor mix, Tensor? head_weight=None, Tensor? head_bias=None) -> Tensor");
-  // Gradients for (hidden, mix, head_weight, head_bias) where output_mask says so, empty tensors elsewhere.
-  m.def(
-      "dynamic_align_backward(Tensor grad_out, Tensor hidden, Tensor mix, Tensor? head_weight, "
-      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-}
+TORCH_LIBRARY(fastmim, m) { fastmim::define_schemas(m); }

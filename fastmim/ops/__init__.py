@@ -1,5 +1,5 @@
 """fastmim's drop-in ops (DESIGN §4). Each runs the compiled kernel when available, else its reference."""
-from ._backend import fused_ops, kernels_mode, set_kernels
+from ._backend import check_device_errors, fused_ops, kernels_mode, set_kernels
 from ._backend import implementation as _implementation
 
 fused_ops()  # loads fastmim._C when built and registers the ops' fake kernels, autograd and autocast
@@ -21,4 +21,5 @@ def align_loss(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm"
     return _implementation("align_loss")(pred, target, ids_keep, loss, target_norm, pred_norm, beta, eps)
 
 
-__all__ = ["masked_patch_embed", "dynamic_align", "align_loss", "set_kernels", "kernels_mode", "fused_ops"]
+__all__ = ["masked_patch_embed", "dynamic_align", "align_loss", "set_kernels", "kernels_mode", "fused_ops",
+           "check_device_errors"]

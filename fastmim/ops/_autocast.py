@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import torch
 
-_library = torch.library.Library("fastmim", "IMPL")  # kept alive: registrations die with it
+_libraries: dict = {}  # kept alive: registrations die with them
 
 
-def register(name: str, device_types=("cpu", "cuda")) -> None:
-    op = getattr(torch.ops.fastmim, name).default
+def register(library: str, name: str, device_types=("cpu", "cuda")) -> None:
+    op = getattr(getattr(torch.ops, library), name).default
+    if library not in _libraries:
+        _libraries[library] = torch.library.Library(library, "IMPL")
     for device_type in device_types:
         key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
         excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
@@ -21,4 +23,4 @@ def register(name: str, device_types=("cpu", "cuda")) -> None:
             with torch._C._ExcludeDispatchKeyGuard(excluded):
                 return op(*cast)
 
-        _library.impl(name, kernel, key, with_keyset=True)
+        _libraries[library].impl(name, kernel, key, with_keyset=True)

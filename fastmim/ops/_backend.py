@@ -1,8 +1,10 @@
 """Which implementation `fastmim.ops.*` runs: the compiled kernels (`fastmim._C`) or the references.
 
-Mode `auto` uses the kernels when the extension is built (and warns once, falling back to the references,
-when it is not), `fused` insists on them, `reference` forces the references. The environment variable
-FASTMIM_KERNELS sets the starting mode; the trainer's --kernels flag calls `set_kernels`.
+Mode `auto` uses the kernels where they can run: on CPU tensors when the extension is built, on a GPU when
+the library holds code for its architecture; elsewhere it warns once and runs the references. `fused`
+insists on the kernels (an error where they cannot run), `reference` forces the references. The
+environment variable FASTMIM_KERNELS sets the starting mode; the trainer's --kernels flag calls
+`set_kernels`.
 """
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ import os
 import warnings
 from types import SimpleNamespace
 
+import torch
+
 from . import _extension, reference
 from . import align_loss as _align_loss
 from . import dynamic_align as _dynamic_align
 from . import masked_patch_embed as _masked_patch_embed
 
 MODES = ("auto", "fused", "reference")
+OP_MODULES = {"masked_patch_embed": _masked_patch_embed, "align_loss": _align_loss, "dynamic_align": _dynamic_align}
 _fused: list = []   # [namespace or None] once loaded
 _warned: list = []
 
@@ -30,18 +35,16 @@ def _check_mode(mode: str, source: str) -> str:
 _mode = _check_mode(os.environ.get("FASTMIM_KERNELS", "auto"), "FASTMIM_KERNELS")
 
 
+def register_library(library: str) -> SimpleNamespace:
+    """Register every op's fake kernel, autograd formula and autocast rule for `library` (in each op's own
+    file) and return the functions that call its operators."""
+    return SimpleNamespace(**{name: module.register_fused(library) for name, module in OP_MODULES.items()})
+
+
 def fused_ops():
-    """The fused implementations, or None when `fastmim._C` is not built. The first call loads the extension
-    and registers each op's fake kernel, autograd formula and autocast rule (in the op's own file)."""
+    """The fused implementations, or None when `fastmim._C` is not built (the first call loads it)."""
     if not _fused:
-        namespace = None
-        if _extension.load():
-            for module in (_masked_patch_embed, _align_loss, _dynamic_align):
-                module.register_fused()
-            namespace = SimpleNamespace(masked_patch_embed=_masked_patch_embed.masked_patch_embed_fused,
-                                        align_loss=_align_loss.align_loss_fused,
-                                        dynamic_align=_dynamic_align.dynamic_align_fused)
-        _fused.append(namespace)
+        _fused.append(register_library("fastmim") if _extension.load() else None)
     return _fused[0]
 
 
@@ -65,20 +68,21 @@ def implementation(name: str):
     if _mode == "reference":
         return getattr(reference, name)
     fused = fused_ops()
-    if fused is not None:
-        if _mode == "auto" and not _extension.has_cuda_kernels():
-            return functools.partial(_by_device, name)
-        return getattr(fused, name)
-    if _mode == "fused":
-        set_kernels("fused")  # raises, saying why
-    _warn_once(f"the compiled kernels are not available ({_extension.load_error()})")
-    return getattr(reference, name)
+    if fused is None:
+        if _mode == "fused":
+            set_kernels("fused")  # raises, saying why
+        _warn_once(f"the compiled kernels are not available ({_extension.load_error()})")
+        return getattr(reference, name)
+    return functools.partial(_by_device, name)
 
 
 def _by_device(name: str, first, *args):
-    """Mode auto with an extension built without CUDA kernels: CUDA tensors go to the reference."""
-    if first.is_cuda:
-        _warn_once("fastmim._C was built without its CUDA kernels (no nvcc at build time)")
+    """The kernels where they can run on the inputs' device; elsewhere the reference (auto) or an error (fused)."""
+    device = first.device
+    if device.type == "cuda" and not _extension.runs_on(device):
+        if _mode == "fused":
+            raise RuntimeError(f"kernels='fused': {_extension.why_not(device)}")
+        _warn_once(_extension.why_not(device))
         return getattr(reference, name)(first, *args)
     return getattr(fused_ops(), name)(first, *args)
 
@@ -88,3 +92,17 @@ def _warn_once(why: str) -> None:
         _warned.append(True)
         warnings.warn(f"fastmim.ops: {why}; running the PyTorch references "
                       "(set FASTMIM_KERNELS=reference to silence this)", RuntimeWarning, stacklevel=4)
+
+
+def check_device_errors(device) -> None:
+    """Raise IndexError naming the op and argument if an op found an out-of-range index on `device` (a CUDA
+    GPU) since the last call, and clear the record. It synchronizes with the device: call it where the host
+    waits anyway. On the CPU the ops raise at once, so there is nothing to check."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    from ._checks import raise_reference_errors
+
+    raise_reference_errors(device)
+    if fused_ops() is not None and _extension.has_cuda_kernels():
+        torch.ops.fastmim.check_device_errors(torch.empty(0, device=device))

@@ -31,21 +31,45 @@ def check_same_device(reference_name: str, reference: torch.Tensor, **others) ->
 
 
 def check_indices(name: str, ids: torch.Tensor, upper: int) -> None:
-    """int64 indices in [0, upper). On the CPU a bad value raises IndexError naming the argument. On the GPU
-    a host-side check would synchronize every step, so it becomes an asynchronous device assertion with
-    the same message; inside torch.compile the value check is left to the kernels."""
+    """int64 indices in [0, upper). On the CPU a bad value raises IndexError naming the argument. On a GPU a
+    host-side check would synchronize every step and a device assertion would kill the CUDA context, so the
+    kernels (and the references, through `guarded_indices`) record bad values on the device instead and
+    `fastmim.ops.check_device_errors` reports them; inside torch.compile the value check is the kernels'."""
     check_tensor(name, ids, ndim=2, floating=False)
     if ids.dtype != torch.int64:
         raise TypeError(f"{name} must be int64, got {ids.dtype}")
-    if ids.numel() == 0 or torch.compiler.is_compiling():
+    if ids.numel() == 0 or ids.device.type != "cpu" or torch.compiler.is_compiling():
         return
-    message = f"{name} holds values outside [0, {upper})"
-    if ids.device.type == "cpu":
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= upper:
-            raise IndexError(f"{message}: min {low}, max {high}")
-    else:
-        torch._assert_async(((ids >= 0) & (ids < upper)).all(), message)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= upper:
+        raise IndexError(f"{name} holds values outside [0, {upper}): min {low}, max {high}")
+
+
+_REFERENCE_MESSAGES = ("masked_patch_embed (reference): ids_keep holds values outside [0, N)",
+                       "align_loss (reference): ids_keep holds values outside [0, N)")
+_reference_errors: dict = {}  # device → one flag per message, on that device
+
+
+def guarded_indices(op: str, name: str, ids: torch.Tensor, upper: int) -> torch.Tensor:
+    """For a reference on a GPU: records whether `ids` leaves [0, upper) (no synchronization) and returns it
+    clamped into range, so that torch's own indexing never asserts on the device. Elsewhere `ids` as is."""
+    if ids.device.type != "cuda" or ids.numel() == 0 or torch.compiler.is_compiling():
+        return ids
+    slot = _REFERENCE_MESSAGES.index(f"{op} (reference): {name} holds values outside [0, N)")
+    flags = _reference_errors.setdefault(ids.device, torch.zeros(len(_REFERENCE_MESSAGES), dtype=torch.bool,
+                                                                 device=ids.device))
+    flags[slot] |= ((ids < 0) | (ids >= upper)).any()
+    return ids.clamp(0, upper - 1)
+
+
+def raise_reference_errors(device: torch.device) -> None:
+    flags = _reference_errors.get(torch.device(device))
+    if flags is None:
+        return
+    found = flags.nonzero().flatten().tolist()  # the synchronization
+    if found:
+        flags.zero_()
+        raise IndexError("; ".join(_REFERENCE_MESSAGES[i] for i in found) + f" (found on {device})")
 
 
 def check_choice(name: str, value: str, choices) -> None:

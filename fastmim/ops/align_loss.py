@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_choice, check_indices, check_same_device, check_tensor
+from ._checks import check_choice, check_indices, check_same_device, check_tensor, guarded_indices
 
 LOSSES = ("smooth_l1", "l2", "l1", "cosine")
 ROW_NORMS = ("layernorm", "l2", "none")
@@ -67,6 +67,7 @@ def align_loss_reference(pred, target, ids_keep, loss="smooth_l1", target_norm="
     """Plain PyTorch in the accumulation dtype (float32; float64 for float64 predictions): gather the kept
     target rows first, then normalize only those."""
     validate(pred, target, ids_keep, loss, target_norm, pred_norm)
+    ids_keep = guarded_indices("align_loss", "ids_keep", ids_keep, target.shape[2] - 1)
     acc = accumulation_dtype(pred)
     index = target_row_index(ids_keep)
     index = index[None, :, :, None].expand(target.shape[0], -1, -1, target.shape[-1])
@@ -76,17 +77,7 @@ def align_loss_reference(pred, target, ids_keep, loss="smooth_l1", target_norm="
     return elementwise_loss(prediction, rows, loss, beta)
 
 
-# --- the fused op: torch.ops.fastmim.align_loss (csrc/{cpu,cuda}/align_loss.*) -----------------------------
-
-def align_loss_fused(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
-                     beta=1.0, eps=1e-5):
-    """The compiled kernel: one pass per row computes the loss and d(loss)/d(pred); backward only rescales."""
-    validate(pred, target, ids_keep, loss, target_norm, pred_norm)
-    with_grad = pred.requires_grad and torch.is_grad_enabled()
-    losses, _ = torch.ops.fastmim.align_loss(pred, target, ids_keep, loss, target_norm, pred_norm,
-                                             float(beta), float(eps), with_grad)
-    return losses
-
+# --- the fused op: torch.ops.<library>.align_loss (csrc/{cpu,cuda}/align_loss.*) ----------------------------
 
 def _fake(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none", beta=1.0,
           eps=1e-5, with_grad=True):
@@ -105,17 +96,29 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])  # d(row loss)/d(pred): nothing of the teacher is kept
 
 
-def _backward(ctx, grad_loss, _):
-    (grad_rows,) = ctx.saved_tensors
-    if grad_loss is None:
-        return (None,) * 9
-    if grad_rows.dim() != 4:
-        raise RuntimeError("fastmim::align_loss ran with with_grad=False, so it kept no gradient for pred")
-    grad_pred = torch.ops.fastmim.align_loss_backward(grad_loss, grad_rows, ctx.loss)
-    return grad_pred, None, None, None, None, None, None, None, None
+def register_fused(library: str = "fastmim"):
+    """Register the fake kernel and autograd of `library`::align_loss (the compiled `fastmim` or the test-only
+    `fastmim_emulated`) and return the function that calls it."""
+    op = getattr(torch.ops, library)
 
+    def backward(ctx, grad_loss, _):
+        (grad_rows,) = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 9
+        if grad_rows.dim() != 4:
+            raise RuntimeError(f"{library}::align_loss ran with with_grad=False, so it kept no gradient for pred")
+        return (op.align_loss_backward(grad_loss, grad_rows, ctx.loss),) + (None,) * 8
 
-def register_fused() -> None:
-    torch.library.register_fake("fastmim::align_loss", _fake)
-    torch.library.register_fake("fastmim::align_loss_backward", _fake_backward)
-    torch.library.register_autograd("fastmim::align_loss", _backward, setup_context=_setup_context)
+    def align_loss_fused(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
+                         beta=1.0, eps=1e-5):
+        """The compiled kernel: one pass per row computes the loss and d(loss)/d(pred); backward only rescales."""
+        validate(pred, target, ids_keep, loss, target_norm, pred_norm)
+        with_grad = pred.requires_grad and torch.is_grad_enabled()
+        losses, _ = op.align_loss(pred, target, ids_keep, loss, target_norm, pred_norm, float(beta), float(eps),
+                                  with_grad)
+        return losses
+
+    torch.library.register_fake(f"{library}::align_loss", _fake)
+    torch.library.register_fake(f"{library}::align_loss_backward", _fake_backward)
+    torch.library.register_autograd(f"{library}::align_loss", backward, setup_context=_setup_context)
+    return align_loss_fused

@@ -39,17 +39,7 @@ def dynamic_align_reference(hidden, mix, head_weight=None, head_bias=None):
     return out
 
 
-# --- the fused op: torch.ops.fastmim.dynamic_align (csrc/{cpu,cuda}/dynamic_align.*) -----------------------
-
-def dynamic_align_fused(hidden, mix, head_weight=None, head_bias=None):
-    """The compiled kernel: a mixing pass over the S levels, then one batched GEMM; backward recomputes the mix."""
-    validate(hidden, mix, head_weight, head_bias)
-    if head_weight is not None and head_weight.dtype != hidden.dtype:
-        head_weight = head_weight.to(hidden.dtype)  # as the reference
-    if head_bias is not None and head_bias.dtype != hidden.dtype:
-        head_bias = head_bias.to(hidden.dtype)
-    return torch.ops.fastmim.dynamic_align(hidden, mix, head_weight, head_bias)
-
+# --- the fused op: torch.ops.<library>.dynamic_align (csrc/{cpu,cuda}/dynamic_align.*) ----------------------
 
 def _fake(hidden, mix, head_weight=None, head_bias=None):
     out_dim = hidden.shape[3] if head_weight is None else head_weight.shape[1]
@@ -71,18 +61,32 @@ def _setup_context(ctx, inputs, output):
     ctx.has_weight, ctx.has_bias = head_weight is not None, head_bias is not None
 
 
-def _backward(ctx, grad):
-    hidden, mix, head_weight = ctx.saved_tensors
-    wanted = ctx.needs_input_grad
-    mask = [wanted[0], wanted[1], ctx.has_weight and wanted[2], ctx.has_bias and wanted[3]]
-    grads = torch.ops.fastmim.dynamic_align_backward(grad, hidden, mix, head_weight, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask))
-
-
-def register_fused() -> None:
+def register_fused(library: str = "fastmim"):
+    """Register the fake kernel, autograd and autocast rule of `library`::dynamic_align and return the function
+    that calls it."""
     from . import _autocast
 
-    torch.library.register_fake("fastmim::dynamic_align", _fake)
-    torch.library.register_fake("fastmim::dynamic_align_backward", _fake_backward)
-    torch.library.register_autograd("fastmim::dynamic_align", _backward, setup_context=_setup_context)
-    _autocast.register("dynamic_align")  # the reference's einsums run in the autocast dtype; so does this
+    op = getattr(torch.ops, library)
+
+    def backward(ctx, grad):
+        hidden, mix, head_weight = ctx.saved_tensors
+        wanted = ctx.needs_input_grad
+        mask = [wanted[0], wanted[1], ctx.has_weight and wanted[2], ctx.has_bias and wanted[3]]
+        grads = op.dynamic_align_backward(grad, hidden, mix, head_weight, mask)
+        return tuple(g if m else None for g, m in zip(grads, mask))
+
+    def dynamic_align_fused(hidden, mix, head_weight=None, head_bias=None):
+        """The compiled kernel: a mixing pass over the S levels, then one batched GEMM; backward recomputes the
+        mix."""
+        validate(hidden, mix, head_weight, head_bias)
+        if head_weight is not None and head_weight.dtype != hidden.dtype:
+            head_weight = head_weight.to(hidden.dtype)  # as the reference
+        if head_bias is not None and head_bias.dtype != hidden.dtype:
+            head_bias = head_bias.to(hidden.dtype)
+        return op.dynamic_align(hidden, mix, head_weight, head_bias)
+
+    torch.library.register_fake(f"{library}::dynamic_align", _fake)
+    torch.library.register_fake(f"{library}::dynamic_align_backward", _fake_backward)
+    torch.library.register_autograd(f"{library}::dynamic_align", backward, setup_context=_setup_context)
+    _autocast.register(library, "dynamic_align")  # the reference's einsums run in the autocast dtype; so does this
+    return dynamic_align_fused

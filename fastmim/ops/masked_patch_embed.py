@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_indices, check_same_device, check_shape, check_tensor
+from ._checks import check_indices, check_same_device, check_shape, check_tensor, guarded_indices
 
 
 def validate(images, ids_keep, weight, bias=None, pos_embed=None) -> tuple[int, int, int]:
@@ -50,23 +50,18 @@ def gather_patches(images: torch.Tensor, ids_keep: torch.Tensor, p: int) -> torc
 
 def masked_patch_embed_reference(images, ids_keep, weight, bias=None, pos_embed=None):
     """Plain PyTorch: gather kept patches, one matmul, add the kept positions' embedding."""
-    p, _, _ = validate(images, ids_keep, weight, bias, pos_embed)
+    p, grid_h, grid_w = validate(images, ids_keep, weight, bias, pos_embed)
+    ids_keep = guarded_indices("masked_patch_embed", "ids_keep", ids_keep, grid_h * grid_w)
     kept = gather_patches(images, ids_keep, p)
     out = kept @ weight.reshape(weight.shape[0], -1).t()
     if bias is not None:
-        out = out + bias
+        out = out + bias.to(out.dtype)  # the product's dtype, as conv2d's bias under autocast
     if pos_embed is not None:
-        out = out + pos_embed[ids_keep]
+        out = out + pos_embed[ids_keep].to(out.dtype)
     return out
 
 
-# --- the fused op: torch.ops.fastmim.masked_patch_embed (csrc/{cpu,cuda}/masked_patch_embed.*) -------------
-
-def masked_patch_embed_fused(images, ids_keep, weight, bias=None, pos_embed=None):
-    """The compiled kernel: one gather pass (with the kept positions' embedding) and one addmm."""
-    validate(images, ids_keep, weight, bias, pos_embed)
-    return torch.ops.fastmim.masked_patch_embed(images, ids_keep, weight, bias, pos_embed)
-
+# --- the fused op: torch.ops.<library>.masked_patch_embed (csrc/{cpu,cuda}/masked_patch_embed.*) -----------
 
 def _fake(images, ids_keep, weight, bias=None, pos_embed=None):
     return images.new_empty(images.shape[0], ids_keep.shape[1], weight.shape[0])
@@ -85,16 +80,30 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias, ctx.has_pos = bias is not None, pos_embed is not None
 
 
-def _backward(ctx, grad):
-    images, ids_keep, weight = ctx.saved_tensors
-    wanted = ctx.needs_input_grad
-    mask = [wanted[0], wanted[2], ctx.has_bias and wanted[3], ctx.has_pos and wanted[4]]
-    grads = torch.ops.fastmim.masked_patch_embed_backward(grad, images, ids_keep, weight, mask)
-    grad_images, grad_weight, grad_bias, grad_pos = (g if m else None for g, m in zip(grads, mask))
-    return grad_images, None, grad_weight, grad_bias, grad_pos
+def register_fused(library: str = "fastmim"):
+    """Register the fake kernel, autograd and autocast rule of `library`::masked_patch_embed and return the
+    function that calls it."""
+    from . import _autocast
 
+    op = getattr(torch.ops, library)
 
-def register_fused() -> None:
-    torch.library.register_fake("fastmim::masked_patch_embed", _fake)
-    torch.library.register_fake("fastmim::masked_patch_embed_backward", _fake_backward)
-    torch.library.register_autograd("fastmim::masked_patch_embed", _backward, setup_context=_setup_context)
+    def backward(ctx, grad):
+        images, ids_keep, weight = ctx.saved_tensors
+        wanted = ctx.needs_input_grad
+        mask = [wanted[0], wanted[2], ctx.has_bias and wanted[3], ctx.has_pos and wanted[4]]
+        grads = op.masked_patch_embed_backward(grad, images, ids_keep, weight, mask)
+        grad_images, grad_weight, grad_bias, grad_pos = (g if m else None for g, m in zip(grads, mask))
+        return grad_images, None, grad_weight, grad_bias, grad_pos
+
+    def masked_patch_embed_fused(images, ids_keep, weight, bias=None, pos_embed=None):
+        """The compiled kernel: one gather pass (with the kept positions' embedding) and one addmm."""
+        validate(images, ids_keep, weight, bias, pos_embed)
+        return op.masked_patch_embed(images, ids_keep, weight, bias, pos_embed)
+
+    torch.library.register_fake(f"{library}::masked_patch_embed", _fake)
+    torch.library.register_fake(f"{library}::masked_patch_embed_backward", _fake_backward)
+    torch.library.register_autograd(f"{library}::masked_patch_embed", backward, setup_context=_setup_context)
+    # As conv2d under autocast: images, weight, bias and pos_embed in the autocast dtype, so eager and the fake
+    # kernel (torch.compile) agree on the output dtype and the patch GEMM runs in it.
+    _autocast.register(library, "masked_patch_embed")
+    return masked_patch_embed_fused

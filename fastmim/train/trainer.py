@@ -4,12 +4,14 @@ forward returns an object with `.loss` and `.level_losses`, and `param_groups(we
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from fastmim import ops
+from fastmim.ops import _extension, selfcheck
 from fastmim.config import Config, to_dict, to_yaml
 from fastmim.data import build_loader
 from fastmim.methods.maskalign import MaskAlign
@@ -30,6 +32,23 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def check_kernels_on(device: torch.device, mode: str) -> None:
+    """On a GPU, where the compiled kernels have not run before, compare each with its reference once
+    (milliseconds): with kernels=auto a mismatch warns and the references are used, with fused it is an error."""
+    if device.type != "cuda" or mode == "reference" or ops.fused_ops() is None or not _extension.runs_on(device):
+        return
+    problems = selfcheck.failures(selfcheck.check_ops(device))
+    if not problems:
+        return
+    summary = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+    if mode == "fused":
+        raise selfcheck.KernelMismatchError(f"--kernels fused: the fused kernels disagree with the references on "
+                                            f"{device}: {summary}; run `python -m fastmim.doctor`")
+    warnings.warn(f"the fused kernels disagree with the references on {device} ({summary}); training with the "
+                  "references instead (run `python -m fastmim.doctor`)", RuntimeWarning, stacklevel=2)
+    ops.set_kernels("reference")
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -38,6 +57,7 @@ class Trainer:
         self.output = Path(cfg.train.output)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         ops.set_kernels(cfg.train.kernels)
+        check_kernels_on(self.device, cfg.train.kernels)
         self.loader = build_loader(cfg.data, self.dist.rank, self.dist.world_size, self.device)
         self.method = self._build_method()
         self.model = self._wrap(self.method)
@@ -194,7 +214,9 @@ class Trainer:
         return int(dist_utils.all_reduce_sum(torch.tensor(float(self.loader.skipped))).item())
 
     def _log(self, step, epoch, stats: StepStats, window, writer, progress, skipped_before, nonfinite_before):
-        """The only host synchronization of the loop: gather the window's device-side sums."""
+        """The only host synchronization of the loop: gather the window's device-side sums (and the kernels'
+        record of out-of-range indices on a GPU)."""
+        ops.check_device_errors(self.device)
         sums = torch.stack([stats.loss_sum, stats.finite_steps, stats.nonfinite_total, stats.nonfinite_in_a_row])
         sums = dist_utils.all_reduce_sum(sums.float()).cpu()
         levels = dist_utils.all_reduce_sum(stats.level_loss_sum.float()).cpu() if stats.level_loss_sum is not None else None

@@ -10,14 +10,16 @@ import torch
 
 from fastmim.ops import reference
 
-from .helpers import LOSSES, LOW_PRECISIONS, ROW_NORMS, assert_precision_rule, fused, ids, run_with_grads
+from .helpers import (EMULATED, LOSSES, LOW_PRECISIONS, ROW_NORMS, assert_precision_rule, at_odd_offset,
+                      check_device_errors, fused, ids, raw_ops, run_with_grads)
 
 # (levels, batch, K, N, D): D not a multiple of 8, K = 1, B = 1.
 SHAPES = {"base": (3, 2, 5, 12, 32), "D=13": (2, 3, 4, 9, 13), "K=1": (2, 2, 1, 6, 16), "B=1": (4, 1, 3, 7, 24)}
 OPTIONS = list(itertools.product(LOSSES, ROW_NORMS, ("none", "layernorm", "l2")))
 
 
-def make(shape, pred_dtype=torch.float64, target_dtype=None, device="cpu", seed=0, noncontiguous=False):
+def make(shape, pred_dtype=torch.float64, target_dtype=None, device="cpu", seed=0, noncontiguous=False,
+         odd_offset=False):
     levels, batch, k, n, dim = shape
     g = torch.Generator().manual_seed(seed)
     pred = torch.randn(levels, batch, 1 + k, dim, generator=g, dtype=torch.float64)
@@ -27,18 +29,22 @@ def make(shape, pred_dtype=torch.float64, target_dtype=None, device="cpu", seed=
         target = torch.cat([target, target], dim=2)[:, :, ::2]
         pred = pred.transpose(0, 1).contiguous().transpose(0, 1)
         keep = keep.repeat_interleave(2, dim=1)[:, ::2]
-    pred, target = pred.to(pred_dtype), target.to(target_dtype or pred_dtype)
-    return pred.to(device), target.to(device), keep.to(device)
+    pred, target = pred.to(pred_dtype).to(device), target.to(target_dtype or pred_dtype).to(device)
+    if odd_offset:  # contiguous, but one element into their storage: no 16-byte alignment
+        pred, target = at_odd_offset(pred), at_odd_offset(target)
+    return pred, target, keep.to(device)
 
 
 def check_against_reference(shape, pred_dtype, target_dtype=None, device="cpu",
-                            options=("smooth_l1", "layernorm", "none"), noncontiguous=False, beta=1.0):
-    pred, target, keep = make(shape, pred_dtype, target_dtype, device, noncontiguous=noncontiguous)
+                            options=("smooth_l1", "layernorm", "none"), noncontiguous=False, beta=1.0, eps=1e-5,
+                            odd_offset=False):
+    pred, target, keep = make(shape, pred_dtype, target_dtype, device, noncontiguous=noncontiguous,
+                              odd_offset=odd_offset)
     loss, target_norm, pred_norm = options
     grad = torch.rand(shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3)) + 0.5
 
     def call(fn):
-        return lambda p, t: fn(p, t, keep.to(p.device), loss, target_norm, pred_norm, beta)
+        return lambda p, t: fn(p, t, keep.to(p.device), loss, target_norm, pred_norm, beta, eps)
 
     exact, (exact_grad,) = run_with_grads(call(reference.align_loss), [pred.double().cpu(), target.double().cpu()],
                                           [True, False], grad)
@@ -49,6 +55,7 @@ def check_against_reference(shape, pred_dtype, target_dtype=None, device="cpu",
     assert_precision_rule(out_grad.cpu(), ref_grad.cpu(), exact_grad, 3, "grad pred")
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.parametrize("loss,target_norm,pred_norm", OPTIONS)
 def test_gradcheck_float64(loss, target_norm, pred_norm):
     pred, target, keep = make((2, 2, 3, 7, 6))
@@ -60,20 +67,24 @@ def test_gradcheck_float64(loss, target_norm, pred_norm):
     assert torch.autograd.gradcheck(lambda p: fn(p, target, keep, loss, target_norm, pred_norm), (pred,))
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.parametrize("beta", [0.0, 0.25, 3.0])
-def test_smooth_l1_beta(beta):
+def test_smooth_l1_beta_float64(beta):
     pred, target, keep = make((2, 2, 3, 7, 6))
     fn = fused().align_loss
     torch.testing.assert_close(fn(pred, target, keep, "smooth_l1", "none", beta=beta),
                                reference.align_loss(pred, target, keep, "smooth_l1", "none", beta=beta))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.25, 3.0])
+def test_smooth_l1_beta(beta):
     check_against_reference((2, 2, 3, 7, 6), torch.float32, beta=beta)
+    check_against_reference((2, 2, 3, 7, 6), torch.bfloat16, beta=beta)
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-2])
 def test_layernorm_eps(eps):
-    pred, target, keep = make((2, 2, 3, 7, 6))
-    torch.testing.assert_close(fused().align_loss(pred, target, keep, "l2", "layernorm", "layernorm", eps=eps),
-                               reference.align_loss(pred, target, keep, "l2", "layernorm", "layernorm", eps=eps))
+    check_against_reference((2, 2, 3, 7, 6), torch.float32, options=("l2", "layernorm", "layernorm"), eps=eps)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISIONS, ids=str)
@@ -99,6 +110,21 @@ def test_noncontiguous_inputs(dtype):
     check_against_reference(SHAPES["base"], dtype, noncontiguous=True)
 
 
+@pytest.mark.parametrize("dtype", LOW_PRECISIONS, ids=str)
+def test_views_at_odd_storage_offsets(dtype):
+    check_against_reference(SHAPES["base"], dtype, odd_offset=True)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISIONS, ids=str)
+def test_backward_of_a_view_at_an_odd_offset(dtype):
+    """torch.ops' backward called directly with a contiguous view that is not 16-byte aligned (review F3)."""
+    rows = torch.randn(3, 2, 6, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    scale = torch.tensor([0.5, 1.0, 2.0])
+    out = raw_ops().align_loss_backward(scale, at_odd_offset(rows), "l1")
+    expected = rows.float() * scale[:, None, None, None] / (2 * 6 * 16)
+    torch.testing.assert_close(out.float(), expected, rtol=1e-2 if dtype != torch.float32 else 1e-6, atol=0)
+
+
 def test_backward_keeps_nothing_of_the_teacher():
     pred, target, keep = make(SHAPES["base"], torch.float32)
     pred.requires_grad_()
@@ -113,7 +139,7 @@ def test_backward_keeps_nothing_of_the_teacher():
 
 def test_no_gradient_kept_without_grad():
     pred, target, keep = make(SHAPES["base"], torch.float32)
-    losses, grad_rows = torch.ops.fastmim.align_loss(pred, target, keep, "l2", "layernorm", "none", 1.0, 1e-5, False)
+    losses, grad_rows = raw_ops().align_loss(pred, target, keep, "l2", "layernorm", "none", 1.0, 1e-5, False)
     assert grad_rows.numel() == 0
     torch.testing.assert_close(losses, reference.align_loss(pred, target, keep, "l2"))
 
@@ -144,15 +170,16 @@ def test_bad_inputs_name_the_argument(name, replace, error, words, entry):
         if entry == "fastmim.ops":
             fused().align_loss(**args)
         else:
-            torch.ops.fastmim.align_loss(*args.values(), 1.0, 1e-5, True)
+            raw_ops().align_loss(*args.values(), 1.0, 1e-5, True)
+            check_device_errors()  # the CUDA kernels report index values through the device error flag
 
 
 def test_bad_beta_and_eps():
     pred, target, keep = make(SHAPES["base"], torch.float32)
     with pytest.raises(ValueError, match="beta must be non-negative"):
-        torch.ops.fastmim.align_loss(pred, target, keep, "smooth_l1", "none", "none", -1.0, 1e-5, True)
+        raw_ops().align_loss(pred, target, keep, "smooth_l1", "none", "none", -1.0, 1e-5, True)
     with pytest.raises(ValueError, match="eps must be positive"):
-        torch.ops.fastmim.align_loss(pred, target, keep, "smooth_l1", "none", "none", 1.0, 0.0, True)
+        raw_ops().align_loss(pred, target, keep, "smooth_l1", "none", "none", 1.0, 0.0, True)
 
 
 def test_device_mix_names_the_argument():
@@ -166,9 +193,9 @@ def test_opcheck():
     for options in (("smooth_l1", "layernorm", "none"), ("cosine", "l2", "layernorm")):
         for with_grad in (True, False):  # with_grad=False promises that no gradient will be asked for
             args = (pred.clone().requires_grad_(with_grad), target, keep, *options, 1.0, 1e-5, with_grad)
-            torch.library.opcheck(torch.ops.fastmim.align_loss.default, args)
+            torch.library.opcheck(raw_ops().align_loss.default, args)
     rows = torch.randn(pred.shape)
-    torch.library.opcheck(torch.ops.fastmim.align_loss_backward.default, (torch.rand(pred.shape[0]), rows, "l1"))
+    torch.library.opcheck(raw_ops().align_loss_backward.default, (torch.rand(pred.shape[0]), rows, "l1"))
 
 
 # --- CUDA ---------------------------------------------------------------------------------------------------
@@ -203,6 +230,28 @@ def test_cuda_errors_name_the_argument():
         torch.ops.fastmim.align_loss(pred, target, keep.cpu(), "l2", "none", "none", 1.0, 1e-5, True)
     with pytest.raises(TypeError, match="pred must be float32/bfloat16/float16 on CUDA"):
         torch.ops.fastmim.align_loss(pred.double(), target, keep, "l2", "none", "none", 1.0, 1e-5, True)
+
+
+@pytest.mark.cuda
+def test_cuda_cpu_first_argument_is_named_not_a_guard_error():
+    """Review F6: the device guard came from the first tensor before the checks ran."""
+    pred, target, keep = make(SHAPES["base"], torch.float32, device="cuda")
+    with pytest.raises(ValueError, match="target is on cuda:0 but pred is on cpu"):
+        torch.ops.fastmim.align_loss(pred.cpu(), target, keep, "l2", "none", "none", 1.0, 1e-5, True)
+
+
+@pytest.mark.cuda
+def test_cuda_out_of_range_ids_are_reported_and_the_context_survives():
+    """Review F2: a bad index raised a device assertion that killed the CUDA context."""
+    from fastmim import ops
+
+    pred, target, keep = make(SHAPES["base"], torch.float32, device="cuda")
+    losses, _ = torch.ops.fastmim.align_loss(pred, target, keep + 100, "l2", "none", "none", 1.0, 1e-5, True)
+    assert torch.isnan(losses).all()
+    with pytest.raises(IndexError, match="align_loss: ids_keep holds values outside"):
+        ops.check_device_errors(pred.device)
+    ops.check_device_errors(pred.device)  # cleared
+    check_against_reference(SHAPES["base"], torch.float32, device="cuda")  # the context still works
 
 
 @pytest.mark.cuda

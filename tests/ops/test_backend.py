@@ -124,21 +124,40 @@ def test_reference_namespace_is_the_references():
     assert fused().align_loss.__name__ == "align_loss_fused"
 
 
-def test_auto_sends_cuda_tensors_to_the_reference_when_built_without_cuda_kernels(monkeypatch):
+def test_auto_sends_cuda_tensors_to_the_reference_where_the_kernels_cannot_run(monkeypatch):
+    """A library without code for the GPU's architecture (review F1) or without CUDA kernels at all: auto warns
+    once and runs the references there, fused is an error saying why; CPU tensors keep the CPU kernels."""
     from types import SimpleNamespace
 
     from fastmim.ops import _backend, _extension
 
-    monkeypatch.setitem(_extension._state, "cuda", False)
+    monkeypatch.setattr(_extension, "runs_on", lambda device: torch.device(device).type == "cpu")
+    monkeypatch.setattr(_extension, "why_not", lambda device: "fastmim._C holds no code for this GPU")
     monkeypatch.setattr(_backend, "reference", SimpleNamespace(align_loss=lambda *args: "reference"))
     monkeypatch.setattr(_backend, "_warned", [])
-    ops.set_kernels("auto")
-    chosen = _backend.implementation("align_loss")
-    with pytest.warns(RuntimeWarning, match="without its CUDA kernels"):
-        assert chosen(SimpleNamespace(is_cuda=True), None, None) == "reference"
-    g = torch.Generator().manual_seed(0)
-    pred, target = torch.randn(1, 2, 3, 4, generator=g), torch.randn(1, 2, 5, 4, generator=g)
-    keep = torch.tensor([[0, 1], [2, 3]])
-    with OpRecorder() as recorder:
-        chosen(pred, target, keep)
-    assert "fastmim.align_loss" in recorder.names
+    gpu_tensor = SimpleNamespace(device=torch.device("cuda", 0))
+    try:
+        ops.set_kernels("auto")
+        chosen = _backend.implementation("align_loss")
+        with pytest.warns(RuntimeWarning, match="holds no code for this GPU"):
+            assert chosen(gpu_tensor, None, None) == "reference"
+        g = torch.Generator().manual_seed(0)
+        pred, target = torch.randn(1, 2, 3, 4, generator=g), torch.randn(1, 2, 5, 4, generator=g)
+        with OpRecorder() as recorder:
+            chosen(pred, target, torch.tensor([[0, 1], [2, 3]]))
+        assert "fastmim.align_loss" in recorder.names
+        ops.set_kernels("fused")
+        with pytest.raises(RuntimeError, match="kernels='fused': fastmim._C holds no code for this GPU"):
+            _backend.implementation("align_loss")(gpu_tensor, None, None)
+    finally:
+        ops.set_kernels("auto")
+
+
+def test_kernel_version_without_cuda_kernels_is_zero(monkeypatch):
+    from fastmim.ops import _extension
+
+    monkeypatch.setitem(_extension._state, "cuda", False)
+    monkeypatch.setitem(_extension._state, "versions", {})
+    assert _extension.kernel_version(torch.device("cuda", 0)) == 0
+    assert _extension.runs_on(torch.device("cpu"))
+    assert not _extension.runs_on(torch.device("cuda", 0))

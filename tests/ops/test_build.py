@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import stat
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
-import fastmim
+from fastmim.ops import _binary
 
 from .helpers import cuda_toolkit_present
 
@@ -32,7 +32,7 @@ def test_flags_make_warnings_and_spills_errors():
     setup = load_setup()
     flags = " ".join(setup.NVCC_FLAGS)
     assert "--Werror all-warnings" in flags and "-Xptxas=-warn-spills" in flags and "-Xptxas=-Werror" in flags
-    assert setup.DEFAULT_ARCHS == "8.0;9.0a"
+    assert setup.DEFAULT_ARCHS == "8.0;9.0;10.0;12.0+PTX"
 
 
 @needs_toolkit
@@ -51,37 +51,36 @@ def test_real_cuda_home_is_found_behind_a_wrapper(tmp_path, monkeypatch):
     assert setup.nvcc_reported_home() == os.path.realpath(real)
 
 
-def fatbin_cubin_archs(library: Path) -> set[int]:
-    """SM versions of the cubins in a library's .nv_fatbin section (fatbin headers: magic 0xBA55ED50, then
-    entries of kind 2 = ELF whose header holds the architecture at byte 28). cuobjdump is not always there."""
-    data = library.read_bytes()
-    shoff = struct.unpack_from("<Q", data, 0x28)[0]
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    names = sections[shstrndx][4]
-    archs = set()
-    for name, _, _, _, offset, size in sections:
-        if data[names + name:data.index(b"\0", names + name)] != b".nv_fatbin":
-            continue
-        pos, end = offset, offset + size
-        while pos + 16 <= end:
-            magic, _, header_size, fat_size = struct.unpack_from("<IHHQ", data, pos)
-            if magic != 0xBA55ED50:
-                break
-            entry, stop = pos + header_size, pos + header_size + fat_size
-            while entry < stop:
-                kind, _, entry_header, entry_size = struct.unpack_from("<HHIQ", data, entry)
-                if kind == 2:
-                    archs.add(struct.unpack_from("<I", data, entry + 28)[0])
-                entry += entry_header + entry_size
-            pos = stop
-    return archs
+@needs_toolkit
+def test_library_holds_sass_for_every_shipped_gpu_family_and_ptx_for_the_newest():
+    """Review F1: `8.0;9.0a` without PTX ran on no B200, GB200 or RTX 50."""
+    sass, ptx = _binary.architectures(_binary.library_path())
+    assert sass == [80, 90, 100, 120], sass
+    assert ptx == [120], ptx
+
+
+def stores_by_kernel(sass_text: str) -> dict[str, list[str]]:
+    """Kernel name (demangled enough to match) → the widths of its global stores (e.g. 'STG.E.128')."""
+    stores, kernel = {}, None
+    for line in sass_text.splitlines():
+        if "Function :" in line:
+            kernel = line.split("Function :")[1].strip()
+            stores[kernel] = []
+        elif kernel and "STG" in line:
+            stores[kernel].append(re.search(r"STG[.A-Z0-9]*", line).group(0))
+    return stores
 
 
 @needs_toolkit
-def test_extension_holds_cuda_kernels_for_both_architectures():
-    library = next(Path(fastmim.__file__).parent.glob("_C*.so"))
-    assert {80, 90} <= fatbin_cubin_archs(library)
+def test_vectorized_kernels_store_16_bytes_at_a_time():
+    """Review F8: rescale_kernel loaded 16 bytes and stored them as four 4-byte stores. Every 16-byte
+    instantiation (8 halves or 4 floats) of the elementwise kernels stores only 128-bit words."""
+    stores = stores_by_kernel(_binary.sass(_binary.library_path(), 90))
+    wide = {name: widths for name, widths in stores.items()
+            if re.search(r"(rescale|mix|scatter)_kernelI(fLi4|N3c104HalfELi8|N3c108BFloat16ELi8)E", name)}
+    assert len(wide) == 9, sorted(wide)
+    for name, widths in wide.items():
+        assert widths and set(widths) == {"STG.E.128"}, (name, widths)
 
 
 SPILLING_KERNEL = r"""

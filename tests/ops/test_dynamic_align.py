@@ -8,7 +8,7 @@ import torch
 
 from fastmim.ops import reference
 
-from .helpers import LOW_PRECISIONS, assert_precision_rule, cast_tree, fused, run_with_grads
+from .helpers import LOW_PRECISIONS, assert_precision_rule, at_odd_offset, cast_tree, fused, raw_ops, run_with_grads
 
 # (S, B, T, D, L, Dt): D not a multiple of 8, B = 1, T = 2 (CLS + K = 1), one output level.
 SHAPES = {
@@ -19,7 +19,8 @@ SHAPES = {
 }
 
 
-def make(shape, dtype=torch.float64, device="cpu", heads=True, bias=True, seed=0, noncontiguous=False):
+def make(shape, dtype=torch.float64, device="cpu", heads=True, bias=True, seed=0, noncontiguous=False,
+         odd_offset=False):
     s, b, t, d, l, dt = shape
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(s, b, t, d, generator=g, dtype=torch.float64)
@@ -30,12 +31,15 @@ def make(shape, dtype=torch.float64, device="cpu", heads=True, bias=True, seed=0
     head_bias = torch.randn(l, dt, generator=g, dtype=torch.float64) if heads and bias else None
     if noncontiguous and heads:
         weight = weight.transpose(1, 2).contiguous().transpose(1, 2)
-    values = cast_tree([hidden, mix, weight, head_bias], dtype)
-    return [v.to(device) if isinstance(v, torch.Tensor) else v for v in values]
+    values = [v.to(device) if isinstance(v, torch.Tensor) else v for v in cast_tree([hidden, mix, weight, head_bias], dtype)]
+    if odd_offset:  # contiguous, but one element into their storage
+        values = [at_odd_offset(v) if isinstance(v, torch.Tensor) else v for v in values]
+    return values
 
 
-def check_against_reference(shape, dtype, device="cpu", heads=True, bias=True, noncontiguous=False, mix_dtype=None):
-    low = make(shape, dtype, device, heads, bias, noncontiguous=noncontiguous)
+def check_against_reference(shape, dtype, device="cpu", heads=True, bias=True, noncontiguous=False, mix_dtype=None,
+                            odd_offset=False):
+    low = make(shape, dtype, device, heads, bias, noncontiguous=noncontiguous, odd_offset=odd_offset)
     if mix_dtype is not None:
         low[1] = low[1].to(mix_dtype)
     s, b, t, d, l, dt = shape
@@ -53,6 +57,7 @@ def check_against_reference(shape, dtype, device="cpu", heads=True, bias=True, n
         assert_precision_rule(g.cpu(), r.cpu(), e, 3, f"grad {name}")
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.parametrize("heads,bias", [(True, True), (True, False), (False, False)])
 def test_gradcheck_float64(heads, bias):
     args = [a.requires_grad_() for a in make((3, 2, 2, 5, 2, 4), heads=heads, bias=bias) if a is not None]
@@ -74,6 +79,17 @@ def test_without_heads_or_bias(dtype, heads, bias):
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 def test_noncontiguous_inputs(dtype):
     check_against_reference(SHAPES["base"], dtype, noncontiguous=True)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISIONS, ids=str)
+def test_views_at_odd_storage_offsets(dtype):
+    check_against_reference(SHAPES["base"], dtype, odd_offset=True)
+    check_against_reference(SHAPES["D=13"], dtype, heads=False, bias=False, odd_offset=True)
+
+
+@pytest.mark.parametrize("levels_out", [1, 4, 5, 12])
+def test_output_levels_around_the_register_tile(levels_out):
+    check_against_reference((12, 2, 3, 16, levels_out, 8), torch.bfloat16)
 
 
 def test_float32_mix_with_bfloat16_levels():
@@ -124,30 +140,30 @@ BAD = [  # (argument index, replacement, exception, words in the message)
 def test_bad_inputs_name_the_argument(index, replace, error, words, entry):
     args = make(SHAPES["base"], torch.float32)
     args[index] = replace(args)
-    fn = fused().dynamic_align if entry == "fastmim.ops" else torch.ops.fastmim.dynamic_align
+    fn = fused().dynamic_align if entry == "fastmim.ops" else raw_ops().dynamic_align
     with pytest.raises(error, match=words):
         fn(*args)
 
 
 def test_bias_without_weight_and_device_mix():
     hidden, mix, weight, bias = make(SHAPES["base"], torch.float32)
-    for fn in (fused().dynamic_align, torch.ops.fastmim.dynamic_align):
+    for fn in (fused().dynamic_align, raw_ops().dynamic_align):
         with pytest.raises(ValueError, match="head_bias was given without head_weight"):
             fn(hidden, mix, None, bias)
     with pytest.raises(ValueError, match="head_weight is on meta but hidden is on cpu"):
         fused().dynamic_align(hidden, mix, weight.to("meta"), bias)
     with pytest.raises(TypeError, match="head_weight must have the dtype of hidden"):
-        torch.ops.fastmim.dynamic_align(hidden, mix, weight.double(), bias)
+        raw_ops().dynamic_align(hidden, mix, weight.double(), bias)
 
 
 def test_opcheck():
     for heads in (True, False):
         values = make(SHAPES["D=13"], torch.float32, heads=heads)
         args = [a.clone().requires_grad_() if a is not None else None for a in values]
-        torch.library.opcheck(torch.ops.fastmim.dynamic_align.default, tuple(args))
+        torch.library.opcheck(raw_ops().dynamic_align.default, tuple(args))
     hidden, mix, weight, _ = make(SHAPES["D=13"], torch.float32)
     grad = torch.randn(2, 2, 3, 7)
-    torch.library.opcheck(torch.ops.fastmim.dynamic_align_backward.default,
+    torch.library.opcheck(raw_ops().dynamic_align_backward.default,
                           (grad, hidden, mix, weight, [True, True, True, False]))
 
 

@@ -7,7 +7,8 @@ import torch
 
 from fastmim.ops import reference
 
-from .helpers import LOW_PRECISIONS, assert_precision_rule, cast_tree, fused, ids, run_with_grads
+from .helpers import (LOW_PRECISIONS, assert_precision_rule, at_odd_offset, cast_tree, check_device_errors, fused,
+                      ids, op_name, raw_ops, run_with_grads)
 
 # (batch, channels, H, W, p, K, D): the ViT layout, D not a multiple of 8, K = 1, B = 1, H != W, p not a
 # multiple of the 16-byte pack width.
@@ -21,7 +22,8 @@ SHAPES = {
 }
 
 
-def make(shape, dtype=torch.float64, device="cpu", seed=0, bias=True, pos=True, noncontiguous=False):
+def make(shape, dtype=torch.float64, device="cpu", seed=0, bias=True, pos=True, noncontiguous=False,
+         odd_offset=False):
     batch, channels, h, w, p, k, dim = shape
     g = torch.Generator().manual_seed(seed)
     n = (h // p) * (w // p)
@@ -34,12 +36,17 @@ def make(shape, dtype=torch.float64, device="cpu", seed=0, bias=True, pos=True, 
     keep = ids(batch, n, k, generator=g)
     if noncontiguous:
         keep = keep.repeat_interleave(2, dim=1)[:, ::2]
-    values = [images, keep, weight, b, pe]
-    return [v.to(device) if isinstance(v, torch.Tensor) else v for v in cast_tree(values, dtype)]
+    values = [v.to(device) if isinstance(v, torch.Tensor) else v for v in cast_tree([images, keep, weight, b, pe], dtype)]
+    if odd_offset:  # the floating inputs contiguous but one element into their storage
+        values = [at_odd_offset(v) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in values]
+    return values
 
 
-def check_against_reference(shape, dtype, device="cpu", noncontiguous=False, bias=True, pos=True):
-    low_in = make(shape, dtype, device, bias=bias, pos=pos, noncontiguous=noncontiguous)
+def check_against_reference(shape, dtype, device="cpu", noncontiguous=False, bias=True, pos=True, odd_offset=False,
+                            keep=None):
+    low_in = make(shape, dtype, device, bias=bias, pos=pos, noncontiguous=noncontiguous, odd_offset=odd_offset)
+    if keep is not None:
+        low_in[1] = keep.to(device)
     grad = torch.randn(shape[0], shape[5], shape[6], dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     wants = [True, False, True, True, True]
     exact_in = cast_tree([v.cpu() if isinstance(v, torch.Tensor) else v for v in low_in], torch.float64)
@@ -54,6 +61,7 @@ def check_against_reference(shape, dtype, device="cpu", noncontiguous=False, bia
         assert_precision_rule(g.cpu(), r.cpu(), e, 3, f"grad {name}")
 
 
+@pytest.mark.cpu_kernels
 def test_gradcheck_float64():
     images, keep, weight, bias, pos = make((2, 2, 8, 12, 4, 3, 5))
     keep = torch.tensor([[0, 5, 3], [2, 2, 4]])  # a patch kept twice: its image gradient adds up
@@ -74,11 +82,36 @@ def test_noncontiguous_inputs(dtype):
     check_against_reference(SHAPES["H!=W"], dtype, noncontiguous=True)
 
 
+@pytest.mark.parametrize("dtype", LOW_PRECISIONS, ids=str)
+@pytest.mark.parametrize("shape", [SHAPES["vit"], SHAPES["p=6"], (2, 3, 28, 42, 14, 4, 12)], ids=["p=16", "p=6", "p=14"])
+def test_channels_last_images(shape, dtype):
+    """Channels-last images are gathered in (i, j, c) order, with contiguous patch lines (review F10)."""
+    check_against_reference(shape, dtype, noncontiguous=True)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISIONS, ids=str)
+def test_views_at_odd_storage_offsets(dtype):
+    check_against_reference(SHAPES["vit"], dtype, odd_offset=True)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_patch_size_14(dtype):
+    check_against_reference((2, 3, 28, 42, 14, 4, 12), dtype)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_repeated_patches_in_a_sample(dtype):
+    """A patch kept twice by a sample (and by several samples): its image and pos_embed gradients add up."""
+    keep = torch.tensor([[0, 5, 5, 3, 5], [2, 2, 4, 0, 1], [5, 5, 5, 5, 5]])
+    check_against_reference((3, 2, 8, 12, 4, 5, 5), dtype, keep=keep)
+
+
 @pytest.mark.parametrize("bias,pos", [(False, True), (True, False), (False, False)])
 def test_optional_bias_and_pos_embed(bias, pos):
     check_against_reference(SHAPES["vit"], torch.float32, bias=bias, pos=pos)
 
 
+@pytest.mark.cpu_kernels
 def test_forward_runs_the_compiled_cpu_kernel():
     images, keep, weight, bias, pos = make(SHAPES["vit"], torch.float32)
     direct = torch.ops.fastmim.masked_patch_embed(images, keep, weight, bias, pos)
@@ -109,9 +142,25 @@ BAD = [  # (argument index, replacement, exception, words in the message)
 def test_bad_inputs_name_the_argument(index, replace, error, words, entry):
     args = make(SHAPES["vit"], torch.float32)
     args[index] = replace(args)
-    fn = fused().masked_patch_embed if entry == "fastmim.ops" else torch.ops.fastmim.masked_patch_embed
+    fn = fused().masked_patch_embed if entry == "fastmim.ops" else raw_ops().masked_patch_embed
     with pytest.raises(error, match=words):
         fn(*args)
+        check_device_errors()  # the CUDA kernels report index values through the device error flag
+
+
+def test_autocast_runs_in_the_autocast_dtype_as_its_fake_kernel_says():
+    """Review F7: without an autocast rule eager ran (and returned) fp32 where conv2d gives bf16."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = make(SHAPES["vit"], torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused().masked_patch_embed(*args)
+        ref = reference.masked_patch_embed(*args)
+        with FakeTensorMode() as mode:
+            fake = raw_ops().masked_patch_embed(*[mode.from_tensor(a) for a in args])  # the op, as compile sees it
+    assert out.dtype == ref.dtype == fake.dtype == torch.bfloat16
+    exact = reference.masked_patch_embed(*cast_tree(args, torch.float64))
+    assert_precision_rule(out, ref, exact, 2)
 
 
 def test_device_mix_names_the_argument():
@@ -125,7 +174,7 @@ def test_device_mix_names_the_argument():
 
 def test_images_not_divisible_by_patch_size():
     images, keep, weight, bias, pos = make(SHAPES["vit"], torch.float32)
-    for fn in (fused().masked_patch_embed, torch.ops.fastmim.masked_patch_embed):
+    for fn in (fused().masked_patch_embed, raw_ops().masked_patch_embed):
         with pytest.raises(ValueError, match="not divisible by the patch size"):
             fn(images[..., :-1], keep, weight, bias, None)
 
@@ -135,9 +184,9 @@ def test_opcheck():
     for args in ((images, keep, weight, bias, pos), (images, keep, weight, None, None)):
         grads = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                  for a in args]
-        torch.library.opcheck(torch.ops.fastmim.masked_patch_embed.default, tuple(grads))
+        torch.library.opcheck(raw_ops().masked_patch_embed.default, tuple(grads))
     grad = torch.randn(images.shape[0], keep.shape[1], weight.shape[0])
-    torch.library.opcheck(torch.ops.fastmim.masked_patch_embed_backward.default,
+    torch.library.opcheck(raw_ops().masked_patch_embed_backward.default,
                           (grad, images, keep, weight, [True, True, False, True]))
 
 
@@ -182,6 +231,41 @@ def test_cuda_device_mix_names_the_argument():
     args[2] = args[2].cpu()
     with pytest.raises(ValueError, match="weight is on cpu"):
         fused().masked_patch_embed(*args)
+
+
+@pytest.mark.cuda
+def test_cuda_cpu_first_argument_is_named_not_a_guard_error():
+    """Review F6: the device guard came from the first tensor before the checks ran."""
+    images, keep, weight, bias, pos = make(SHAPES["vit"], torch.float32, "cuda")
+    with pytest.raises(ValueError, match="ids_keep is on cuda:0 but images is on cpu"):
+        torch.ops.fastmim.masked_patch_embed(images.cpu(), keep, weight, bias, pos)
+
+
+@pytest.mark.cuda
+def test_cuda_out_of_range_ids_are_reported_and_the_context_survives():
+    """Review F2: a bad index raised a device assertion that killed the CUDA context."""
+    from fastmim import ops
+
+    images, keep, weight, bias, pos = make(SHAPES["vit"], torch.float32, "cuda")
+    bad = keep.clone()
+    bad[0, 0] = 1000
+    out = torch.ops.fastmim.masked_patch_embed(images, bad, weight, bias, pos)
+    assert torch.isnan(out[0, 0]).all() and torch.isfinite(out[1]).all()
+    with pytest.raises(IndexError, match="masked_patch_embed: ids_keep holds values outside"):
+        ops.check_device_errors(images.device)
+    check_against_reference(SHAPES["vit"], torch.float32, device="cuda")  # the context still works
+
+
+@pytest.mark.cuda
+def test_cuda_backward_is_deterministic():
+    """Review F5: float atomics made the bias, pos_embed and image gradients vary from run to run."""
+    keep = torch.randint(0, 4, (64, 6), generator=torch.Generator().manual_seed(0))
+    images, _, weight, bias, pos = make((64, 3, 32, 32, 16, 6, 24), torch.float32, "cuda")
+    wants = [True, False, True, True, True]
+    first = run_with_grads(fused().masked_patch_embed, [images, keep.cuda(), weight, bias, pos], wants)[1]
+    for _ in range(3):
+        again = run_with_grads(fused().masked_patch_embed, [images, keep.cuda(), weight, bias, pos], wants)[1]
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
 @pytest.mark.cuda
