@@ -7,7 +7,8 @@ import time
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
+
+from fastmim.train.peak import measure_peak_flops  # noqa: F401  (the benchmarks import it from here)
 
 
 def environment(device: torch.device) -> dict:
@@ -64,24 +65,6 @@ class Timer:
 
     def medians(self) -> dict:
         return {name: statistics.median(values) for name, values in self.samples.items()}
-
-
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5) -> float:
-    """Best FLOP/s of a square product in the step's dtype, through F.linear (the GEMM the model's linears
-    call; on CPUs without native bf16 a bf16 `a @ b` takes a far slower path than a bf16 linear): the
-    machine's practical peak for MFU."""
-    size = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        sync()
-        start = time.perf_counter()
-        F.linear(a, b)
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def read_status_kb(field: str) -> int:

@@ -40,7 +40,7 @@ from fastmim.ops import reference  # noqa: E402
 
 STAGES = ("forward", "backward", "full")
 BASELINES = {"masked_patch_embed": ("reference", "conv_gather"), "align_loss": ("reference",),
-             "dynamic_align": ("reference",)}
+             "dynamic_align": ("reference",), "masked_pixel_loss": ("reference",)}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -107,8 +107,10 @@ def cases(args, device: torch.device, dtype: torch.dtype) -> dict[str, dict[str,
     # align_loss: predictions at CLS + K kept tokens against the teacher's 1 + N rows, smooth-L1, layernorm
     pred, target = rand(l, b, 1 + k, d), rand(l, b, 1 + n, d)
 
+    rows = ops.cls_and_kept_rows(keep)
+
     def loss_inputs():
-        return [leaf(pred, True), target, keep]
+        return [leaf(pred, True), target, rows]
 
     out["align_loss"] = {
         "fused": Case(loss_inputs, lambda a: fused.align_loss(*a)),
@@ -124,6 +126,18 @@ def cases(args, device: torch.device, dtype: torch.dtype) -> dict[str, dict[str,
     out["dynamic_align"] = {
         "fused": Case(align_inputs, lambda a: fused.dynamic_align(*a)),
         "reference": Case(align_inputs, lambda a: reference.dynamic_align(*a)),
+    }
+
+    # masked_pixel_loss: MAE's decoder predictions at the N − K masked patches against the normalized pixels
+    masked = torch.rand(b, n, generator=g).argsort(dim=1)[:, k:].to(device)
+    pixels = rand(b, n - k, 3 * p * p)
+
+    def pixel_inputs():
+        return [leaf(pixels, True), images, masked, p]
+
+    out["masked_pixel_loss"] = {
+        "fused": Case(pixel_inputs, lambda a: fused.masked_pixel_loss(*a)),
+        "reference": Case(pixel_inputs, lambda a: reference.masked_pixel_loss(*a)),
     }
     return {name: out[name] for name in args.ops}
 

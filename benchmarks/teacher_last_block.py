@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_utils import environment  # noqa: E402
 
-from fastmim.methods.masking import keep_indices  # noqa: E402
+from fastmim import ops  # noqa: E402
+from fastmim.methods.masks import draw_mask  # noqa: E402
 from fastmim.models.teacher import Teacher  # noqa: E402
 
 
@@ -44,13 +45,13 @@ def main(argv=None) -> dict:
     teacher.to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     levels = [int(level) for level in args.levels.split(",")]
     images = torch.randn(args.batch_size, 3, 224, 224, device=device)
-    keep = functools.partial(keep_indices, "attention", args.mask_ratio, args.batch_size, 196, device)
+    draw = functools.partial(draw_mask, "attention", args.mask_ratio, args.batch_size, 196, device)
 
     def every_row():
-        keep(teacher(images, levels).importance)
+        draw(teacher(images, levels).importance)
 
     def kept_rows():
-        teacher(images, levels, keep=keep)
+        teacher(images, levels, draw=draw, rows_of=lambda mask: ops.cls_and_kept_rows(mask.ids_keep))
 
     variants = {"every_row": every_row, "kept_rows": kept_rows}
     seconds = {name: [] for name in variants}

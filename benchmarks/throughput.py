@@ -1,19 +1,24 @@
-"""Training images/s of the MaskAlign step: fastmim's path against the original computation, interleaved in
-one process, with a stage breakdown, MFU against a matmul peak measured in the same run, and peak memory.
+"""Training images/s of one method's step (--method maskalign|mae|mrmae): fastmim's path against the
+straightforward computation, interleaved in one process, with a stage breakdown, MFU against a matmul peak
+measured in the same run, and peak memory.
 
     python benchmarks/throughput.py --model small --device cpu --out benchmarks/results/x.json
+    python benchmarks/throughput.py --method mae --model base --device cpu
     python benchmarks/throughput.py --model base --device cuda --batch-size 128   # on a GPU
 
 --dtype auto (the default) is bf16 on a GPU and on CPUs with native bf16 matrix products (AVX-512 BF16, AMX)
 and fp32 on other CPUs, which only emulate bf16 (asking for bf16 there warns).
 
-Paths (same student, teacher, DA, heads and batch; both train with AdamW):
-- fastmim: the trainer's own step (fastmim.train.step.train_step): fused kernels, teacher CLS-row importance,
-  the teacher's last block on the kept rows only, supervised levels only, folded re-normalization, fused
-  AdamW, no host synchronization.
-- reference: fastmim.methods.maskalign_reference — eager teacher attention returning every map, every level
-  through every head, conv over all patches then gather, all levels normalized then gathered, einsum DA,
-  separate loss ops, foreach AdamW and a `.item()` each step.
+Paths (same weights and batch; both train with AdamW):
+- fastmim: the trainer's own step (fastmim.train.step.train_step): fused kernels, the teachers' last block at
+  the rows the method reads only, folded re-normalization, fused AdamW, no host synchronization; for
+  MaskAlign also the CLS-row importance and the supervised levels only, for MAE the decoder's projection at
+  the masked patches only and the pixel loss read straight from the image.
+- reference, MaskAlign: fastmim.methods.maskalign_reference — eager teacher attention returning every map, every
+  level through every head, conv over all patches then gather, all levels normalized then gathered, einsum DA,
+  separate loss ops; MAE and MR-MAE: fastmim.methods.mae_reference — models_mae.py's computation (conv then
+  gather, the decoder's projection at every token, the loss over a patchified batch then the masked mean) and
+  each teacher's full forward, normalized at every row then gathered. Foreach AdamW and a `.item()` each step.
 """
 from __future__ import annotations
 
@@ -34,9 +39,10 @@ from bench_utils import Timer, environment, measure_peak_flops, memory_meter, pr
 from fastmim import ops  # noqa: E402
 from fastmim.data import build_loader  # noqa: E402
 from fastmim.data.base import DataConfig  # noqa: E402
-from fastmim.methods.flops import maskalign_step_flops  # noqa: E402
-from fastmim.methods.maskalign import MaskAlign, MaskAlignConfig  # noqa: E402
+from fastmim.methods.configs import MAEConfig, MaskAlignConfig, MRMAEConfig  # noqa: E402
+from fastmim.methods.mae_reference import MAEReference  # noqa: E402
 from fastmim.methods.maskalign_reference import MaskAlignReference  # noqa: E402
+from fastmim.methods.registry import build_method  # noqa: E402
 from fastmim.train.optim import build_optimizer  # noqa: E402
 from fastmim.train.step import StepStats, train_step  # noqa: E402
 from fastmim.train.precision import autocast_for, cpu_has_fast_bf16, warn_if_slow_bf16  # noqa: E402
@@ -47,6 +53,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="maskalign", choices=["maskalign", "mae", "mrmae"],
+                   help="the objective (default maskalign); MAE has no teacher")
     p.add_argument("--model", default="base", choices=["tiny", "small", "base", "large"], help="student size")
     p.add_argument("--teacher-size", default="base", choices=list(TEACHERS),
                    help="teacher with random weights: base = CLIP ViT-B/16 (default), large = CLIP ViT-L/14 at 196 px")
@@ -70,23 +78,27 @@ def parse_args(argv=None):
     return args
 
 
+def method_config(args):
+    teacher = TEACHERS[args.teacher_size]
+    if args.method == "mae":
+        return MAEConfig(student=args.model, img_size=args.img_size)
+    if args.method == "mrmae":
+        return MRMAEConfig(student=args.model, img_size=args.img_size, teachers=(teacher,), teacher_weights=("random",))
+    return MaskAlignConfig(student=args.model, img_size=args.img_size, teacher=teacher, teacher_weights="random",
+                           drop_path=0.0)
+
+
 def build_paths(args, device):
     torch.manual_seed(0)
-    cfg = MaskAlignConfig(student=args.model, img_size=args.img_size, teacher=TEACHERS[args.teacher_size],
-                          teacher_weights="random", drop_path=0.0)
-    probe = MaskAlign(cfg)
-    if probe.teacher.depth != probe.student.depth:
+    cfg = method_config(args)
+    probe = build_method(cfg)
+    if args.method == "maskalign" and probe.teacher.depth != probe.student.depth:
         cfg.fusion = "sum"  # e.g. ViT-L student on a 12-level teacher
-        probe = MaskAlign(cfg)
+        probe = build_method(cfg)
     reference_method = copy.deepcopy(probe).to(device)
-    fastmim_method = probe.to(device)
-    fastmim_method.set_attention_backend("auto", device)
-    if args.dtype == "bf16":
-        fastmim_method.teacher.to(torch.bfloat16)
-    if args.compile:
-        fastmim_method.compile_blocks()
-    reference = MaskAlignReference(reference_method).to(device)
-    return fastmim_method, reference
+    fastmim_method = probe.prepare(device, args.dtype, args.compile)
+    wrap = MaskAlignReference if args.method == "maskalign" else MAEReference
+    return fastmim_method, wrap(reference_method).to(device)
 
 
 class FastmimPath:
@@ -103,8 +115,8 @@ class FastmimPath:
     def staged_step(self, images, timer):
         """The same step cut at stage boundaries, for the breakdown (synchronized between stages)."""
         with self.autocast:
-            teacher_out = timer.stage("teacher_forward", lambda: self.method.teacher_targets(images))
-            out = timer.stage("student_forward", lambda: self.method.student_loss(images, teacher_out))
+            frozen = timer.stage("teacher_forward", lambda: self.method.frozen_pass(images))
+            out = timer.stage("student_forward", lambda: self.method.trained_pass(images, frozen))
         timer.stage("backward", lambda: out.loss.backward())
         timer.stage("optimizer", self._update)
 
@@ -165,7 +177,7 @@ def run(args) -> dict:
     breakdown = stage_breakdown(paths, loader, device, sync, breakdown_rounds)
     memory = {p.name: peak_memory(p, batches[0], device, sync, args.argv) for p in paths}
     peak = measure_peak_flops(device, DTYPES[args.dtype])
-    flops = maskalign_step_flops(fastmim_method).total
+    flops = fastmim_method.flops_per_image()
     result = {
         "device": environment(device)["device"], "versions": environment(device)["versions"],
         "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "argv", "probe_memory")},

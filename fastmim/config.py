@@ -1,4 +1,8 @@
-"""The run's configuration: nested dataclasses, resolved from a recipe, command-line flags and `--set`."""
+"""The run's configuration: nested dataclasses, resolved from a recipe, command-line flags and `--set`.
+
+The `method` section is the dataclass of the method the recipe names (fastmim.methods.configs); config.yaml and
+checkpoints record that name as the top-level `method_name`, which reading a configuration back uses to pick the
+dataclass."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +11,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from fastmim.data.base import DataConfig
-from fastmim.methods.maskalign import MaskAlignConfig
+from fastmim.methods.configs import METHOD_CONFIGS, MaskAlignConfig, method_name
 
 
 @dataclass
@@ -42,14 +46,14 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    method: MaskAlignConfig = field(default_factory=MaskAlignConfig)
+    method: object = field(default_factory=MaskAlignConfig)  # one of fastmim.methods.configs
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Config) -> dict:
+    return {"method_name": method_name(cfg.method), **dataclasses.asdict(cfg)}
 
 
 def to_yaml(cfg) -> str:
@@ -64,7 +68,11 @@ def to_yaml(cfg) -> str:
 
 
 def from_dict(data: dict) -> Config:
-    cfg = Config()
+    data = dict(data)
+    name = data.pop("method_name", "maskalign")
+    if name not in METHOD_CONFIGS:
+        raise ValueError(f"unknown method_name {name!r}; known methods: {', '.join(METHOD_CONFIGS)}")
+    cfg = Config(method=METHOD_CONFIGS[name]())
     for section, values in data.items():
         for key, value in values.items():
             set_field(cfg, f"{section}.{key}", value)

@@ -1,7 +1,7 @@
 """Entry point: `torchrun --nproc_per_node=8 -m fastmim.pretrain --recipe NAME --data PATH`.
 
-With no arguments it runs the `demo` recipe: a tiny student and teacher on built-in synthetic images, on
-the CPU, in a couple of minutes.
+The recipe names the method (MaskAlign, MAE, MR-MAE). With no arguments it runs the `demo` recipe: a tiny
+MaskAlign student and teacher on built-in synthetic images, on the CPU, in a couple of minutes.
 """
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import argparse
 import sys
 
 from fastmim.config import Config, parse_assignment, set_field, to_yaml
-from fastmim.recipes import RECIPES, recipe
+from fastmim.methods.configs import method_name
+from fastmim.recipes import RECIPES, describe, recipe
 
 EPILOG = """examples:
   python -m fastmim.pretrain                                   # the CPU demo on synthetic images
+  python -m fastmim.pretrain --recipe demo_mae                 # MAE's CPU demo (demo_mrmae: MR-MAE's)
   torchrun --nproc_per_node=8 -m fastmim.pretrain --recipe maskalign_vit_base_clip_b16 \\
       --data /data/imagenet/train --output runs/vitb
   python -m fastmim.pretrain --recipe demo --set method.mask_ratio=0.75 --set optim.clip_grad=3.0
@@ -22,11 +24,12 @@ EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fastmim.pretrain", description="Masked image modeling pretraining from a frozen teacher "
-        "(MaskAlign). Flags override the recipe; --set overrides any config field.",
+        prog="python -m fastmim.pretrain", description="Masked image modeling pretraining: MaskAlign, MAE, MR-MAE. "
+        "The recipe names the method and its settings; flags override the recipe; --set overrides any config field.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="demo", choices=list(RECIPES),
-                   help="named configuration to start from (default: demo)")
+    p.add_argument("--recipe", default="demo", choices=list(RECIPES), metavar="NAME",
+                   help="named configuration to start from, which also names the method (default: demo; "
+                   "--list-recipes shows them all)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder root (class subfolders of images), a flat image "
                    "folder, or a text file listing one image path per line; omit for the built-in synthetic set")
     p.add_argument("--output", metavar="DIR", help="folder for config.yaml, metrics.jsonl, checkpoints/, "
@@ -43,24 +46,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-backend", choices=["auto", "dali", "torchvision", "synthetic"], help="input pipeline: "
                    "auto picks DALI when installed, else torchvision; synthetic ignores --data")
     p.add_argument("--teacher", metavar="NAME", help="clip_b16, clip_l14, dino_b16 or any timm ViT name "
-                   "(e.g. vit_base_patch14_dinov2.lvd142m)")
+                   "(e.g. vit_base_patch14_dinov2.lvd142m); for MR-MAE a comma-separated list of one or two")
     p.add_argument("--teacher-weights", metavar="FILE|hub|random", help="a local .safetensors/.pth (timm, OpenAI "
-                   "CLIP or open_clip layout); hub downloads timm's pretrained weights; random is for tests")
+                   "CLIP or open_clip layout); hub downloads timm's pretrained weights; random is for tests "
+                   "(MR-MAE: one per teacher, comma-separated)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (auto: CUDA when available)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the student's and the teacher's blocks (the first steps are slow while it compiles)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field, e.g. "
                    "method.mask_ratio=0.75, optim.base_lr=1e-4, train.log_every=50 (repeatable; see --print-config)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
+    p.add_argument("--list-recipes", action="store_true", help="list the recipes with their method and exit")
     return p
 
 
 FLAG_FIELDS = {
     "data": "data.path", "output": "train.output", "max_steps": "train.max_steps", "epochs": "train.epochs",
     "batch_size": "data.batch_size", "resume": "train.resume", "kernels": "train.kernels",
-    "data_backend": "data.backend", "teacher": "method.teacher", "teacher_weights": "method.teacher_weights",
-    "device": "train.device", "compile": "train.compile",
+    "data_backend": "data.backend", "device": "train.device", "compile": "train.compile",
 }
+
+
+def set_teacher_flags(cfg: Config, teacher: str | None, weights: str | None) -> None:
+    """--teacher/--teacher-weights: one teacher (method.teacher), a list of them (method.teachers), or an
+    error for a method without one."""
+    for flag, value, single, several in (("--teacher", teacher, "teacher", "teachers"),
+                                         ("--teacher-weights", weights, "teacher_weights", "teacher_weights")):
+        if value is None:
+            continue
+        current = getattr(cfg.method, several if hasattr(cfg.method, several) else single, None)
+        if current is None:
+            raise ValueError(f"{flag}: method {method_name(cfg.method)!r} has no teacher")
+        if isinstance(current, tuple):
+            set_field(cfg, f"method.{several}", tuple(part.strip() for part in value.split(",")))
+        else:
+            set_field(cfg, f"method.{single}", value)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -69,6 +89,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         value = getattr(args, flag)
         if value is not None:
             set_field(cfg, dotted, value)
+    set_teacher_flags(cfg, args.teacher, args.teacher_weights)
     if args.data is not None and args.data_backend is None and cfg.data.backend == "synthetic":
         cfg.data.backend = "auto"  # --data given to a synthetic recipe: read it
     for assignment in args.set:
@@ -80,6 +101,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_recipes:
+        for name in RECIPES:
+            print(f"{name:32} {method_name(recipe(name).method):10} {describe(name)}")
+        return 0
     try:
         cfg = resolve_config(args)
     except (KeyError, ValueError) as error:

@@ -1,6 +1,6 @@
 // align_loss composed from device primitives, shared by the CPU and CUDA backends.
 //
-// Forward: one pass per prediction row gathers its target row by index, normalizes it (and the prediction
+// Forward: one pass per prediction row gathers its target row (rows[b, j]), normalizes it (and the prediction
 // when asked), and writes the row's loss and d(row loss)/d(pred). Nothing of the teacher is kept.
 // Backward: grad_pred = grad_loss[l] · scale · d(row loss)/d(pred), one elementwise pass.
 #pragma once
@@ -27,7 +27,7 @@ struct AlignLossOptions {
 struct AlignLossPrimitives {
   // row_loss[(l*B + b)*R + j] = Σ over the row's elements (1 - cos for cosine); when grad is defined
   // (shape [L, B, R, D], pred's dtype) it receives d(row_loss)/d(pred). pred and target have unit stride in D.
-  void (*rows)(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& ids_keep,
+  void (*rows)(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& rows,
                const AlignLossShape& shape, const AlignLossOptions& options, at::Tensor& row_loss,
                at::Tensor& grad);
   // grad_pred = grad_row[l, ...] · level_scale[l] (level_scale in the accumulation dtype).
@@ -42,10 +42,10 @@ inline at::ScalarType align_loss_acc_type(const at::Tensor& pred) {
 inline at::Tensor unit_stride_rows(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 inline std::tuple<at::Tensor, at::Tensor> align_loss_forward(
-    const AlignLossPrimitives& k, const at::Tensor& pred, const at::Tensor& target, const at::Tensor& ids_keep,
+    const AlignLossPrimitives& k, const at::Tensor& pred, const at::Tensor& target, const at::Tensor& rows,
     std::string_view loss, std::string_view target_norm, std::string_view pred_norm, double beta, double eps,
     bool with_grad) {
-  const AlignLossShape s = check_align_loss(pred, target, ids_keep);
+  const AlignLossShape s = check_align_loss(pred, target, rows);
   TORCH_CHECK_VALUE(beta >= 0, "beta must be non-negative, got ", beta);
   TORCH_CHECK_VALUE(eps > 0, "eps must be positive, got ", eps);
   const c10::DeviceGuard guard(pred.device());  // after the checks: a mixed-device call gets their error
@@ -60,7 +60,7 @@ inline std::tuple<at::Tensor, at::Tensor> align_loss_forward(
                               : at::empty({0}, pred.options());
   at::Tensor grad_arg = with_grad ? grad : at::Tensor();
   if (row_loss.numel() > 0) {
-    k.rows(unit_stride_rows(pred), unit_stride_rows(target), ids_keep.contiguous(), s, o, row_loss, grad_arg);
+    k.rows(unit_stride_rows(pred), unit_stride_rows(target), rows.contiguous(), s, o, row_loss, grad_arg);
   }
   const double count = static_cast<double>(s.batch * s.rows) * (o.loss == LossKind::Cosine ? 1 : s.dim);
   return {row_loss.sum(1).div_(count), grad};

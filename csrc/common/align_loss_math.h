@@ -10,10 +10,21 @@
 
 namespace fastmim {
 
+// a / b and √x. On the GPU the approximate forms (2–3 ulp): the IEEE ones are subroutine calls whose register
+// saves ptxas reports as spills, and these per-row scalars need no more.
+template <typename acc_t>
+FASTMIM_HD acc_t divide(acc_t a, acc_t b) {
+#if defined(__CUDA_ARCH__)
+  return __fdividef(a, b);
+#else
+  return a / b;
+#endif
+}
+
 template <typename acc_t>
 FASTMIM_HD acc_t square_root(acc_t x) {
 #if defined(__CUDA_ARCH__)
-  return sqrtf(x);
+  return x > 0.0f ? x * rsqrtf(x) : (x == 0.0f ? 0.0f : sqrtf(x));  // sqrtf only for NaN and negatives
 #else
   return std::sqrt(x);
 #endif
@@ -42,11 +53,11 @@ FASTMIM_HD RowScale<acc_t> row_scale(RowNorm norm, acc_t mean, acc_t squares, in
   RowScale<acc_t> r;
   if (norm == RowNorm::LayerNorm) {
     r.shift = mean;
-    r.scale = reciprocal_square_root(squares / static_cast<acc_t>(dim) + eps);
+    r.scale = reciprocal_square_root(divide(squares, static_cast<acc_t>(dim)) + eps);
   } else if (norm == RowNorm::L2) {
     const acc_t n = square_root(squares);
     r.clamped = !(n > acc_t(kL2NormEps));
-    r.scale = acc_t(1) / (r.clamped ? acc_t(kL2NormEps) : n);
+    r.scale = divide(acc_t(1), r.clamped ? acc_t(kL2NormEps) : n);
   }
   return r;
 }
@@ -70,9 +81,9 @@ FASTMIM_HD RowSums<acc_t> cosine_row(acc_t dot, acc_t xx, acc_t tt, acc_t sx, ac
   const acc_t eps = acc_t(kCosineEps);
   const acc_t nx = square_root(xx), nt = square_root(tt);
   const acc_t cx = nx > eps ? nx : eps, ct = nt > eps ? nt : eps;
-  const acc_t cos = dot / (cx * ct);
-  terms.a = acc_t(1) / (cx * ct);
-  terms.b = nx > eps ? cos / (cx * cx) : acc_t(0);
+  const acc_t cos = divide(dot, cx * ct);
+  terms.a = divide(acc_t(1), cx * ct);
+  terms.b = nx > eps ? divide(cos, cx * cx) : acc_t(0);
   return {acc_t(1) - cos, sx * terms.b - st * terms.a, xx * terms.b - dot * terms.a};
 }
 
@@ -96,8 +107,8 @@ FASTMIM_HD NormChain<acc_t> norm_chain(RowNorm norm, const RowScale<acc_t>& x, c
   NormChain<acc_t> c;
   if (norm == RowNorm::LayerNorm) {
     c.scale = x.scale;
-    c.shift = sums.g / static_cast<acc_t>(dim);
-    c.coef = sums.gx / static_cast<acc_t>(dim);
+    c.shift = divide(sums.g, static_cast<acc_t>(dim));
+    c.coef = divide(sums.gx, static_cast<acc_t>(dim));
   } else if (norm == RowNorm::L2) {
     c.scale = x.scale;
     c.coef = x.clamped ? acc_t(0) : sums.gx;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
 
 #include <string_view>
@@ -48,6 +49,15 @@ inline bool is_supported_float(at::ScalarType t) {
 
 inline bool is_cuda_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Every value of a CPU index tensor in [0, upper), checked before a kernel runs: an exception thrown from inside
+// the vectorized clones of simd.h is not reliably unwound (seen: std::terminate from the AVX-512 clone).
+inline void check_index_values(const at::Tensor& ids, int64_t upper, const char* name) {
+  if (ids.numel() == 0) return;
+  const auto [low, high] = at::aminmax(ids);
+  const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
+  TORCH_CHECK_INDEX(lo >= 0 && hi < upper, name, " holds values outside [0, ", upper, "): found ", lo < 0 ? lo : hi);
 }
 
 inline void check_optional_device(const std::optional<at::Tensor>& t, const at::Tensor& ref,

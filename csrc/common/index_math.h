@@ -51,10 +51,19 @@ struct PatchGeometry {
   }
 };
 
-// align_loss: prediction row j of sample b is compared with target row 0 (CLS) for j = 0, else with
-// target row 1 + ids_keep[b, j - 1].
-FASTMIM_HD int64_t target_row(const int64_t* ids_keep, int64_t b, int64_t j, int64_t kept) {
-  return j == 0 ? 0 : 1 + ids_keep[b * kept + j - 1];
+// masked_pixel_loss: MAE's patch targets list a patch's values in (p, q, c) order — row i, column j, channel c
+// innermost. The kernels walk a patch in the image's (c, i, j) order (PatchGeometry, consecutive j adjacent in
+// memory) and find each pixel's place in the prediction row here.
+template <typename index_t>
+FASTMIM_HD index_t pqc_position(index_t e, index_t patch, index_t channels) {
+  const index_t pp = patch * patch;
+  const index_t c = e / pp;
+  return (e - c * pp) * channels + c;
+}
+
+// align_loss: prediction row j of sample b is compared with target row rows[b, j] (R rows per sample).
+FASTMIM_HD int64_t target_row(const int64_t* rows, int64_t b, int64_t j, int64_t per_sample) {
+  return rows[b * per_sample + j];
 }
 
 enum class LossKind : int { SmoothL1 = 0, L2 = 1, L1 = 2, Cosine = 3 };

@@ -79,27 +79,54 @@ inline PatchEmbedShape check_masked_patch_embed(const at::Tensor& images, const 
 }
 
 struct AlignLossShape {
-  int64_t levels, batch, rows, dim, target_rows;  // rows = 1 + K; target_rows = 1 + N
+  int64_t levels, batch, rows, dim, target_rows;  // rows = R per sample; target_rows = T
 };
 
-inline AlignLossShape check_align_loss(const at::Tensor& pred, const at::Tensor& target,
-                                       const at::Tensor& ids_keep) {
+inline AlignLossShape check_align_loss(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& rows) {
   FASTMIM_CHECK_DIM(pred, 4);
   FASTMIM_CHECK_FLOATING(pred);
   FASTMIM_CHECK_DIM(target, 4);
   FASTMIM_CHECK_FLOATING(target);
-  FASTMIM_CHECK_DIM(ids_keep, 2);
-  FASTMIM_CHECK_INDEX_TENSOR(ids_keep);
+  FASTMIM_CHECK_DIM(rows, 2);
+  FASTMIM_CHECK_INDEX_TENSOR(rows);
   AlignLossShape s{pred.size(0), pred.size(1), pred.size(2), pred.size(3), target.size(2)};
-  TORCH_CHECK_VALUE(s.rows >= 1, "pred must hold the CLS row and the kept rows, got shape ", pred.sizes());
   TORCH_CHECK_VALUE(target.size(0) == s.levels && target.size(1) == s.batch && target.size(3) == s.dim &&
                         s.target_rows >= 1,
-                    "target must be [", s.levels, ", ", s.batch, ", 1+N, ", s.dim, "] to match pred ",
+                    "target must be [", s.levels, ", ", s.batch, ", T, ", s.dim, "] to match pred ",
                     pred.sizes(), ", got ", target.sizes());
-  TORCH_CHECK_VALUE(ids_keep.size(0) == s.batch && ids_keep.size(1) == s.rows - 1, "ids_keep must be [",
-                    s.batch, ", ", s.rows - 1, "] to match pred, got ", ids_keep.sizes());
+  TORCH_CHECK_VALUE(rows.size(0) == s.batch && rows.size(1) == s.rows, "rows must be [", s.batch, ", ", s.rows,
+                    "] to match pred, got ", rows.sizes());
   FASTMIM_CHECK_SAME_DEVICE(target, pred);
-  FASTMIM_CHECK_SAME_DEVICE(ids_keep, pred);
+  FASTMIM_CHECK_SAME_DEVICE(rows, pred);
+  return s;
+}
+
+struct PixelLossShape {
+  int64_t batch, rows, channels, patch, grid_h, grid_w;  // rows = M predicted patches per sample
+  int64_t numel() const { return channels * patch * patch; }
+  int64_t num_patches() const { return grid_h * grid_w; }
+};
+
+inline PixelLossShape check_masked_pixel_loss(const at::Tensor& pred, const at::Tensor& images, const at::Tensor& ids,
+                                              int64_t patch_size, double eps) {
+  FASTMIM_CHECK_DIM(pred, 3);
+  FASTMIM_CHECK_FLOATING(pred);
+  FASTMIM_CHECK_DIM(images, 4);
+  FASTMIM_CHECK_FLOATING(images);
+  FASTMIM_CHECK_DIM(ids, 2);
+  FASTMIM_CHECK_INDEX_TENSOR(ids);
+  TORCH_CHECK_VALUE(patch_size > 0, "patch_size must be positive, got ", patch_size);
+  TORCH_CHECK_VALUE(eps > 0, "eps must be positive, got ", eps);
+  TORCH_CHECK_VALUE(images.size(2) % patch_size == 0 && images.size(3) % patch_size == 0, "images size ",
+                    images.size(2), "x", images.size(3), " is not divisible by the patch size ", patch_size);
+  PixelLossShape s{images.size(0), ids.size(1), images.size(1), patch_size, images.size(2) / patch_size,
+                   images.size(3) / patch_size};
+  TORCH_CHECK_VALUE(ids.size(0) == s.batch, "ids must be [", s.batch, ", M] to match images, got ", ids.sizes());
+  TORCH_CHECK_VALUE(pred.size(0) == s.batch && pred.size(1) == s.rows && pred.size(2) == s.numel(),
+                    "pred must be [", s.batch, ", ", s.rows, ", ", s.numel(), "] (p²·C = ", s.numel(),
+                    " values per patch), got ", pred.sizes());
+  FASTMIM_CHECK_SAME_DEVICE(images, pred);
+  FASTMIM_CHECK_SAME_DEVICE(ids, pred);
   return s;
 }
 

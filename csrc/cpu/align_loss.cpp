@@ -110,16 +110,16 @@ FASTMIM_ALWAYS_INLINE const acc_t* as_acc(const scalar_t* src, int64_t dim, acc_
   }
 }
 
-// Everything a thread needs to process rows [begin, end) of the [L, B, 1+K] prediction rows.
+// Everything a thread needs to process rows [begin, end) of the [L, B, R] prediction rows.
 template <typename pred_t, typename target_t>
 struct RowTask {
   using acc_t = at::opmath_type<pred_t>;
   const pred_t* pred;
   const target_t* target;
-  const int64_t* ids;
+  const int64_t* row_ids;  // [B, R]: the target row of each prediction row
   acc_t* losses;
   pred_t* grad;  // null: loss only
-  int64_t dim, rows, per_level, patches;
+  int64_t dim, rows, per_level;
   int64_t ps0, ps1, ps2, ts0, ts1, ts2;
   RowNorm target_norm, pred_norm;
   acc_t eps;
@@ -134,8 +134,8 @@ FASTMIM_ALWAYS_INLINE void process_rows(const RowTask<pred_t, target_t>& k, int6
   LossTerms<acc_t> c = k.terms;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t l = r / k.per_level, b = (r % k.per_level) / rows, j = r % rows;
-    if (j > 0) FASTMIM_CHECK_INDEX_VALUE(ids_keep, k.ids[b * (rows - 1) + j - 1], k.patches);
-    const target_t* tsrc = k.target + l * k.ts0 + b * k.ts1 + target_row(k.ids, b, j, rows - 1) * k.ts2;
+    const int64_t t_row = target_row(k.row_ids, b, j, rows);  // in range: checked by forward_cpu
+    const target_t* tsrc = k.target + l * k.ts0 + b * k.ts1 + t_row * k.ts2;
     const pred_t* psrc = k.pred + l * k.ps0 + b * k.ps1 + j * k.ps2;
     const Row<acc_t> t = row_stats(as_acc<acc_t>(tsrc, dim, buffer), dim, k.target_norm, k.eps);
     const Row<acc_t> x = row_stats(as_acc<acc_t>(psrc, dim, buffer + dim), dim, k.pred_norm, k.eps);
@@ -169,13 +169,13 @@ FASTMIM_CPU_CLONES void process_rows_f32(LossKind kind, const RowTask<float, flo
 }
 
 template <typename pred_t, typename target_t>
-void rows_typed(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& ids_keep,
+void rows_typed(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& rows,
                 const AlignLossShape& s, const AlignLossOptions& o, at::Tensor& row_loss, at::Tensor& grad) {
   using acc_t = at::opmath_type<pred_t>;
   RowTask<pred_t, target_t> k{pred.const_data_ptr<pred_t>(), target.const_data_ptr<target_t>(),
-                              ids_keep.const_data_ptr<int64_t>(), row_loss.mutable_data_ptr<acc_t>(),
+                              rows.const_data_ptr<int64_t>(), row_loss.mutable_data_ptr<acc_t>(),
                               grad.defined() ? grad.mutable_data_ptr<pred_t>() : nullptr,
-                              s.dim, s.rows, s.batch * s.rows, s.target_rows - 1,
+                              s.dim, s.rows, s.batch * s.rows,
                               pred.stride(0), pred.stride(1), pred.stride(2),
                               target.stride(0), target.stride(1), target.stride(2),
                               o.target_norm, o.pred_norm, static_cast<acc_t>(o.eps), {}};
@@ -192,12 +192,12 @@ void rows_typed(const at::Tensor& pred, const at::Tensor& target, const at::Tens
   });
 }
 
-void rows(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& ids_keep, const AlignLossShape& s,
+void rows(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& rows, const AlignLossShape& s,
           const AlignLossOptions& o, at::Tensor& row_loss, at::Tensor& grad) {
   FASTMIM_DISPATCH_CPU_FLOATS(pred.scalar_type(), "align_loss", [&] {
     using pred_t = scalar_t;
     FASTMIM_DISPATCH_CPU_FLOATS(target.scalar_type(), "align_loss", [&] {
-      rows_typed<pred_t, scalar_t>(pred, target, ids_keep, s, o, row_loss, grad);
+      rows_typed<pred_t, scalar_t>(pred, target, rows, s, o, row_loss, grad);
     });
   });
 }
@@ -233,10 +233,12 @@ at::Tensor rescale(const at::Tensor& level_scale, const at::Tensor& grad_row) {
 constexpr AlignLossPrimitives kCpu{rows, rescale};
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred, const at::Tensor& target,
-                                               const at::Tensor& ids_keep, c10::string_view loss,
+                                               const at::Tensor& rows, c10::string_view loss,
                                                c10::string_view target_norm, c10::string_view pred_norm,
                                                double beta, double eps, bool with_grad) {
-  return align_loss_forward(kCpu, pred, target, ids_keep, loss, target_norm, pred_norm, beta, eps, with_grad);
+  check_align_loss(pred, target, rows);  // the shapes first, so that a bad shape is named as such
+  check_index_values(rows, target.size(2), "rows");
+  return align_loss_forward(kCpu, pred, target, rows, loss, target_norm, pred_norm, beta, eps, with_grad);
 }
 
 at::Tensor backward_cpu(const at::Tensor& grad_loss, const at::Tensor& grad_rows, c10::string_view loss) {

@@ -1,4 +1,4 @@
-// align_loss on CUDA: one warp per prediction row. The warp gathers the row's target row by index,
+// align_loss on CUDA: one warp per prediction row. The warp gathers the row's target row (rows[b, j]),
 // normalizes it (and the prediction when asked), and writes the row loss and d(row loss)/d(pred); the
 // row is re-read from L1/L2 between the passes instead of being kept in registers, so any D fits.
 #include <torch/library.h>
@@ -26,7 +26,7 @@ constexpr int kWarpsPerBlock = 8;
 // Row counts fit in int (checked on the host), so the row decomposition uses 32-bit division.
 struct RowArgs {
   int levels, batch, rows;
-  int64_t dim, patches;
+  int64_t dim, target_rows;
   int64_t ps0, ps1, ps2, ts0, ts1, ts2;
   LossKind loss;
   RowNorm target_norm, pred_norm;
@@ -47,7 +47,7 @@ __device__ __forceinline__ RowScale<float> row_stats(const T* x, int64_t dim, Ro
 #pragma unroll
       for (int i = 0; i < VEC; ++i) sum += v[i];
     }
-    mean = warp_sum(sum) / static_cast<float>(dim);
+    mean = divide(warp_sum(sum), static_cast<float>(dim));
   }
   float squares = 0.0f;
   for (int64_t d = lane * VEC; d < dim; d += kWarp * VEC) {
@@ -59,32 +59,28 @@ __device__ __forceinline__ RowScale<float> row_stats(const T* x, int64_t dim, Ro
   return row_scale(norm, mean, warp_sum(squares), dim, eps);
 }
 
-template <typename pred_t, typename target_t, int VEC>
+// COSINE: the cosine loss's row sums instead of the elementwise losses' (a compile-time choice: as a runtime
+// branch it cost sm_90 a register spill).
+template <typename pred_t, typename target_t, int VEC, bool COSINE>
 __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_t* __restrict__ pred,
                                                                      const target_t* __restrict__ target,
-                                                                     const int64_t* __restrict__ ids, RowArgs a,
+                                                                     const int64_t* __restrict__ row_ids, RowArgs a,
                                                                      float* __restrict__ row_loss,
                                                                      pred_t* __restrict__ grad,
                                                                      int* __restrict__ errors) {
+  // No lane leaves before the last shuffle (the compiler cannot tell that the exits below are warp-uniform,
+  // and guards every shuffle after one with a divergent-path subroutine): a warp past the last row works on
+  // the last row and writes nothing, a row with an out-of-range index reads row 0 and is flagged.
   const int lane = threadIdx.x % kWarp;
+  const int per_level = a.batch * a.rows, total = a.levels * per_level;
   const int r = blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-  const int per_level = a.batch * a.rows;
-  if (r >= a.levels * per_level) return;  // whole warps leave together
-  const int l = r / per_level, b = (r - l * per_level) / a.rows, j = r - (r / a.rows) * a.rows;
+  const bool live = r < total;
+  const int row = live ? r : total - 1;
+  const int l = row / per_level, b = (row - l * per_level) / a.rows, j = row - (row / a.rows) * a.rows;
   const int64_t dim = a.dim;
-  pred_t* out = grad == nullptr ? nullptr : grad + static_cast<int64_t>(r) * dim;
-  if (j > 0) {
-    const int64_t n = ids[b * (a.rows - 1) + j - 1];
-    if (n < 0 || n >= a.patches) {  // flagged for the host; the row's loss is NaN, its gradient 0
-      if (lane == 0) {
-        atomicOr(errors, static_cast<int>(cuda::kAlignLossIds));
-        row_loss[r] = NAN;
-      }
-      for (int64_t d = lane; out != nullptr && d < dim; d += kWarp) out[d] = static_cast<pred_t>(0.0f);
-      return;
-    }
-  }
-  const target_t* t = target + l * a.ts0 + b * a.ts1 + target_row(ids, b, j, a.rows - 1) * a.ts2;
+  const int64_t wanted = target_row(row_ids, b, j, a.rows);
+  const bool bad = wanted < 0 || wanted >= a.target_rows;  // flagged for the host: NaN loss, zero gradient
+  const target_t* t = target + l * a.ts0 + b * a.ts1 + (bad ? 0 : wanted) * a.ts2;
   const pred_t* x = pred + l * a.ps0 + b * a.ps1 + j * a.ps2;
 
   const RowScale<float> tn = row_stats<VEC>(t, dim, a.target_norm, a.eps);
@@ -92,7 +88,7 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
 
   // Pass over the normalized rows: elementwise losses sum loss, Σg, Σg·x̂;
   // cosine sums x̂·t̂, |x̂|², |t̂|², Σx̂, Σt̂.
-  const bool cosine = a.loss == LossKind::Cosine;
+  constexpr bool cosine = COSINE;
   float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f;
   for (int64_t d = lane * VEC; d < dim; d += kWarp * VEC) {
     float xv[VEC], tv[VEC];
@@ -101,7 +97,7 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       const float xh = (xv[i] - xn.shift) * xn.scale, th = (tv[i] - tn.shift) * tn.scale;
-      if (cosine) {
+      if constexpr (cosine) {
         s0 += xh * th;
         s1 += xh * xh;
         s2 += th * th;
@@ -117,10 +113,14 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
   }
   RowSums<float> sums{warp_sum(s0), warp_sum(s1), warp_sum(s2)};
   CosineTerms<float> terms;
-  if (cosine) sums = cosine_row(sums.loss, sums.g, sums.gx, warp_sum(s3), warp_sum(s4), terms);
-  if (lane == 0) row_loss[r] = sums.loss;
-  if (out == nullptr) return;
+  if constexpr (cosine) sums = cosine_row(sums.loss, sums.g, sums.gx, warp_sum(s3), warp_sum(s4), terms);
+  if (lane == 0 && live) {
+    row_loss[r] = bad ? NAN : sums.loss;
+    if (bad) atomicOr(errors, static_cast<int>(cuda::kAlignLossRows));
+  }
+  if (grad == nullptr || !live) return;
 
+  pred_t* out = grad + static_cast<int64_t>(r) * dim;
   const NormChain<float> chain = norm_chain(a.pred_norm, xn, sums, dim);
   for (int64_t d = lane * VEC; d < dim; d += kWarp * VEC) {
     float xv[VEC], tv[VEC], gv[VEC];
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
     for (int i = 0; i < VEC; ++i) {
       const float xh = (xv[i] - xn.shift) * xn.scale, th = (tv[i] - tn.shift) * tn.scale;
       const float g = cosine ? cosine_grad(xh, th, terms) : element_grad(a.loss, xh - th, a.beta, a.inv_beta);
-      gv[i] = chain.apply(g, xh);
+      gv[i] = bad ? 0.0f : chain.apply(g, xh);
     }
     store_floats<VEC>(out + d, gv);
   }
@@ -138,12 +138,12 @@ __global__ void __launch_bounds__(kWarp* kWarpsPerBlock) rows_kernel(const pred_
 
 constexpr int kVec = 8;  // 16 bytes of a 16-bit type, 32 of float
 
-void rows(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& ids_keep, const AlignLossShape& s,
+void rows(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& rows, const AlignLossShape& s,
           const AlignLossOptions& o, at::Tensor& row_loss, at::Tensor& grad) {
   TORCH_CHECK_VALUE(s.levels * s.batch * s.rows < std::numeric_limits<int>::max(),
                     "pred has too many rows for the CUDA kernel: ", s.levels * s.batch * s.rows);
   const RowArgs a{static_cast<int>(s.levels), static_cast<int>(s.batch), static_cast<int>(s.rows), s.dim,
-                  s.target_rows - 1,
+                  s.target_rows,
                   pred.stride(0), pred.stride(1), pred.stride(2), target.stride(0), target.stride(1),
                   target.stride(2), o.loss, o.target_norm, o.pred_norm,
                   static_cast<float>(o.beta), o.beta > 0 ? static_cast<float>(1.0 / o.beta) : 0.0f,
@@ -157,9 +157,11 @@ void rows(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& id
     FASTMIM_DISPATCH_CUDA_FLOATS(target.scalar_type(), "align_loss", [&] {
       using target_t = scalar_t;
       pred_t* grad_p = grad.defined() ? grad.mutable_data_ptr<pred_t>() : nullptr;
-      auto kernel = packed ? rows_kernel<pred_t, target_t, kVec> : rows_kernel<pred_t, target_t, 1>;
+      const bool cosine = o.loss == LossKind::Cosine;
+      auto kernel = packed ? (cosine ? rows_kernel<pred_t, target_t, kVec, true> : rows_kernel<pred_t, target_t, kVec, false>)
+                           : (cosine ? rows_kernel<pred_t, target_t, 1, true> : rows_kernel<pred_t, target_t, 1, false>);
       FASTMIM_LAUNCH(kernel, grid, kWarp * kWarpsPerBlock, 0, cuda::stream())(
-          pred.const_data_ptr<pred_t>(), target.const_data_ptr<target_t>(), ids_keep.const_data_ptr<int64_t>(), a,
+          pred.const_data_ptr<pred_t>(), target.const_data_ptr<target_t>(), rows.const_data_ptr<int64_t>(), a,
           row_loss.mutable_data_ptr<float>(), grad_p, cuda::error_flag_ptr(pred));
       FASTMIM_LAUNCH_CHECK();
     });
@@ -211,12 +213,12 @@ at::Tensor rescale(const at::Tensor& level_scale, const at::Tensor& grad_row) {
 constexpr AlignLossPrimitives kCuda{rows, rescale};
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& pred, const at::Tensor& target,
-                                                const at::Tensor& ids_keep, c10::string_view loss,
+                                                const at::Tensor& rows, c10::string_view loss,
                                                 c10::string_view target_norm, c10::string_view pred_norm,
                                                 double beta, double eps, bool with_grad) {
   FASTMIM_CHECK_CUDA_FLOATING(pred);
   FASTMIM_CHECK_CUDA_FLOATING(target);
-  return align_loss_forward(kCuda, pred, target, ids_keep, loss, target_norm, pred_norm, beta, eps, with_grad);
+  return align_loss_forward(kCuda, pred, target, rows, loss, target_norm, pred_norm, beta, eps, with_grad);
 }
 
 at::Tensor backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad_rows, c10::string_view loss) {

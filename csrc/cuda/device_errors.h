@@ -17,7 +17,8 @@ namespace fastmim::cuda {
 
 enum DeviceError : int {
   kMaskedPatchEmbedIds = 1,   // masked_patch_embed: ids_keep
-  kAlignLossIds = 2,          // align_loss: ids_keep
+  kAlignLossRows = 2,         // align_loss: rows
+  kMaskedPixelLossIds = 4,    // masked_pixel_loss: ids
 };
 
 // What each bit names, for the error message.
@@ -27,7 +28,8 @@ inline std::string describe_device_errors(int bits) {
     if (bits & bit) out += std::string(out.empty() ? "" : "; ") + what;
   };
   add(kMaskedPatchEmbedIds, "masked_patch_embed: ids_keep holds values outside [0, N)");
-  add(kAlignLossIds, "align_loss: ids_keep holds values outside [0, N)");
+  add(kAlignLossRows, "align_loss: rows holds values outside [0, T)");
+  add(kMaskedPixelLossIds, "masked_pixel_loss: ids holds values outside [0, N)");
   return out;
 }
 

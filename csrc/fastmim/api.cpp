@@ -31,13 +31,13 @@ Grads4 masked_patch_embed_backward(const at::Tensor& grad_out, const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor> align_loss(const at::Tensor& pred, const at::Tensor& target,
-                                              const at::Tensor& ids_keep, const std::string& loss,
+                                              const at::Tensor& rows, const std::string& loss,
                                               const std::string& target_norm, const std::string& pred_norm,
                                               double beta, double eps, bool with_grad) {
   static const auto op = handle<std::tuple<at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view,
       c10::string_view, double, double, bool)>("fastmim::align_loss");
-  return op.call(pred, target, ids_keep, loss, target_norm, pred_norm, beta, eps, with_grad);
+  return op.call(pred, target, rows, loss, target_norm, pred_norm, beta, eps, with_grad);
 }
 
 at::Tensor align_loss_backward(const at::Tensor& grad_loss, const at::Tensor& grad_rows, const std::string& loss) {

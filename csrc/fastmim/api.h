@@ -21,9 +21,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_patch_embed_ba
     const at::Tensor& grad_out, const at::Tensor& images, const at::Tensor& ids_keep, const at::Tensor& weight,
     std::array<bool, 4> output_mask);
 
-// (per-level loss [L], d(row loss)/d(pred) or an empty tensor when !with_grad).
+// (per-level loss [L], d(row loss)/d(pred) or an empty tensor when !with_grad); prediction row j of sample b is
+// compared with target row rows[b, j].
 std::tuple<at::Tensor, at::Tensor> align_loss(const at::Tensor& pred, const at::Tensor& target,
-                                              const at::Tensor& ids_keep, const std::string& loss = "smooth_l1",
+                                              const at::Tensor& rows, const std::string& loss = "smooth_l1",
                                               const std::string& target_norm = "layernorm",
                                               const std::string& pred_norm = "none", double beta = 1.0,
                                               double eps = 1e-5, bool with_grad = true);

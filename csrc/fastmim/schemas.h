@@ -19,10 +19,17 @@ inline void define_schemas(torch::Library& m) {
   // Returns the per-level loss and, when with_grad, d(row loss)/d(pred) (pred's shape and dtype) for the
   // backward to rescale; an empty tensor otherwise.
   m.def(
-      "align_loss(Tensor pred, Tensor target, Tensor ids_keep, str loss=\"smooth_l1\", "
+      "align_loss(Tensor pred, Tensor target, Tensor rows, str loss=\"smooth_l1\", "
       "str target_norm=\"layernorm\", str pred_norm=\"none\", float beta=1.0, float eps=1e-05, "
       "bool with_grad=True) -> (Tensor, Tensor)");
   m.def("align_loss_backward(Tensor grad_loss, Tensor grad_rows, str loss) -> Tensor");
+
+  // MAE's loss: the mean squared error between pred [B, M, p²·C] and the image's patches at ids [B, M], read
+  // from the image in (p, q, c) order and normalized per patch when norm_pix. Returns the loss and, when with_grad,
+  // d(loss)/d(pred) (pred's shape, float32; float64 for float64 pred).
+  m.def(
+      "masked_pixel_loss(Tensor pred, Tensor images, Tensor ids, int patch_size, bool norm_pix=True, "
+      "float eps=1e-06, bool with_grad=True) -> (Tensor, Tensor)");
 
   m.def("dynamic_align(Tensor hidden, Tensor mix, Tensor? head_weight=None, Tensor? head_bias=None) -> Tensor");
   // Gradients for (hidden, mix, head_weight, head_bias) where output_mask says so, empty tensors elsewhere.

@@ -51,7 +51,7 @@ void check_align_loss() {
   auto t = torch::stack({gather_rows(target[0], rows), gather_rows(target[1], rows), gather_rows(target[2], rows)});
   t = torch::layer_norm(t, {12}, {}, {}, 1e-5);
   auto want = torch::smooth_l1_loss(pred, t, at::Reduction::None).mean({1, 2, 3});
-  auto [losses, grad_rows] = fastmim::align_loss(pred.detach(), target, ids);
+  auto [losses, grad_rows] = fastmim::align_loss(pred.detach(), target, rows);
   expect_close("align_loss", losses, want.detach());
   auto grad_loss = torch::rand({3}, f64);
   auto expected = torch::autograd::grad({want}, {pred}, {grad_loss});
@@ -86,13 +86,13 @@ int main() {
   check_align_loss();
   check_dynamic_align();
   try {  // a bad argument is reported by name
-    fastmim::align_loss(torch::randn({2, 1, 3, 4}), torch::randn({2, 1, 5, 4}), torch::tensor({{0, 9}}));
-    std::printf("out-of-range ids_keep was not reported\n");
+    fastmim::align_loss(torch::randn({2, 1, 3, 4}), torch::randn({2, 1, 5, 4}), torch::tensor({{0, 1, 9}}));
+    std::printf("out-of-range rows was not reported\n");
     ++failures;
   } catch (const c10::IndexError& error) {
     const std::string message = error.what_without_backtrace();
-    const bool named = message.find("ids_keep") != std::string::npos;
-    std::printf("bad ids_keep reported: %s\n", named ? "ok" : "MISMATCH");
+    const bool named = message.find("rows") != std::string::npos;
+    std::printf("bad rows reported: %s\n", named ? "ok" : "MISMATCH");
     failures += named ? 0 : 1;
   }
   std::printf(failures == 0 ? "all ok\n" : "%d failures\n", failures);

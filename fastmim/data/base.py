@@ -18,8 +18,7 @@ from typing import Iterator, Protocol
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fastmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass

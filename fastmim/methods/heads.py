@@ -32,12 +32,15 @@ def xavier_linear(dim_in: int, dim_out: int) -> nn.Linear:
 
 
 def make_head(kind: str, dim_in: int, dim_out: int) -> nn.Module:
+    """student width D → teacher width Dt; hidden layers keep the student's width and LayerNorms use eps 1e-6,
+    as the official code's heads."""
     if kind == "linear":
         return xavier_linear(dim_in, dim_out)
     if kind == "norm_linear":
-        return nn.Sequential(nn.LayerNorm(dim_in), xavier_linear(dim_in, dim_out))
+        return nn.Sequential(nn.LayerNorm(dim_in, eps=1e-6), xavier_linear(dim_in, dim_out))
     if kind == "mlp":
-        return nn.Sequential(xavier_linear(dim_in, dim_out), nn.GELU(), xavier_linear(dim_out, dim_out))
+        return nn.Sequential(xavier_linear(dim_in, dim_in), nn.GELU(), xavier_linear(dim_in, dim_out))
     if kind == "mlp2":
-        return nn.Sequential(xavier_linear(dim_in, dim_out), nn.LayerNorm(dim_out), xavier_linear(dim_out, dim_out))
+        return nn.Sequential(xavier_linear(dim_in, dim_in), nn.LayerNorm(dim_in, eps=1e-6),
+                             xavier_linear(dim_in, dim_out))
     raise ValueError(f"head must be one of {HEADS}, got {kind!r}")

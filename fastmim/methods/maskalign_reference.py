@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from fastmim.models.teacher import FoldedQuickGELU, Teacher, TeacherOutput, renormalization
 
-from .maskalign import MaskAlign, MaskAlignOutput
-from .masking import keep_indices
+from .base import MethodOutput
+from .maskalign import MaskAlign
+from .masks import Mask, draw_mask
 
 
 def unfolded_patch_embedding(teacher: Teacher) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,22 +134,22 @@ class MaskAlignReference(nn.Module):
             return lambda x: F.linear(x, method.head_weight[i], method.head_bias[i])
         return method.heads[i]
 
-    def forward(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> MaskAlignOutput:
-        return self.student_loss(images, self.teacher_targets(images), ids_keep)
+    def forward(self, images: torch.Tensor, mask: Mask | None = None) -> MethodOutput:
+        return self.trained_pass(images, self.frozen_pass(images), mask)
 
-    def teacher_targets(self, images: torch.Tensor) -> TeacherOutput:
+    def frozen_pass(self, images: torch.Tensor) -> TeacherOutput:
         """Every level, every attention map (kept alive, as the original code returns them)."""
         levels, maps = naive_teacher(self.method.teacher, images)
         self.attention_maps = maps
         return TeacherOutput(levels, importance_from_maps(self.method.teacher, maps))
 
-    def student_loss(self, images: torch.Tensor, teacher_out: TeacherOutput,
-                     ids_keep: torch.Tensor | None = None) -> MaskAlignOutput:
+    def trained_pass(self, images: torch.Tensor, teacher_out: TeacherOutput, mask: Mask | None = None) -> MethodOutput:
         method, cfg = self.method, self.method.cfg
-        if ids_keep is None:
+        if mask is None:
             importance = teacher_out.importance if cfg.mask_mode == "attention" else None
-            ids_keep = keep_indices(cfg.mask_mode, cfg.mask_ratio, images.shape[0], method.student.num_patches,
-                                    images.device, importance)
+            mask = draw_mask(cfg.mask_mode, cfg.mask_ratio, images.shape[0], method.student.num_patches,
+                             images.device, importance)
+        ids_keep = mask.ids_keep
         rows = torch.cat([torch.zeros_like(ids_keep[:, :1]), ids_keep + 1], dim=1)
         targets = normalize_all_tokens(teacher_out.levels, cfg.target_norm)
         targets = targets[:, torch.arange(images.shape[0], device=images.device)[:, None], rows]
@@ -163,4 +164,5 @@ class MaskAlignReference(nn.Module):
         weights = [method.weights_by_level.get(level, 0.0) for level in range(1, method.teacher.depth + 1)]
         total = sum(w * loss for w, loss in zip(weights, losses))
         level_losses = torch.stack([losses[level - 1] for level in method.levels])
-        return MaskAlignOutput(total, level_losses, method.levels, ids_keep)
+        terms = {f"level_{level}": value for level, value in zip(method.levels, level_losses)}
+        return MethodOutput(total, terms, mask, {"level_losses": level_losses})

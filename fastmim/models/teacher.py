@@ -1,6 +1,7 @@
 """The frozen teacher: any timm ViT, run on the full image, returning the requested block outputs and the
 masking importance from the last block's CLS-query attention row (never the attention maps). Given the mask
-draw, it runs the rest of its last block at the CLS and kept rows only (teacher_last_block.py).
+draw and the rows a method reads, it runs the rest of its last block at those rows only
+(teacher_last_block.py).
 
 Known aliases: clip_b16, clip_l14, dino_b16 (DESIGN §1); any other timm VisionTransformer name works by the
 same rule: its input is resized so that its patch grid equals the student's.
@@ -16,11 +17,10 @@ import torch.nn.functional as F
 from timm.layers.activations import QuickGELU
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-from .teacher_last_block import KeepFn, LastBlockOutput, cls_and_kept_rows, draw_keep, last_block
-from .teacher_weights import load_teacher_weights
+from fastmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .teacher_last_block import DrawFn, LastBlockOutput, RowsFn, draw_outside_inference, last_block
+from .teacher_weights import load_teacher_weights
 
 # OpenAI CLIP was trained with QuickGELU: the timm names without `quickgelu` give wrong features.
 TEACHER_ALIASES = {
@@ -34,7 +34,7 @@ TEACHER_ALIASES = {
 class TeacherOutput:
     levels: torch.Tensor                 # [L, B, 1+N, D]: CLS row then patch rows, register tokens dropped
     importance: torch.Tensor | None      # [B, N]: CLS→patch attention, softmax over all keys, head mean
-    ids_keep: torch.Tensor | None = None  # [B, K]: the mask, when the forward was given a keep function
+    mask: object | None = None           # what the forward's `draw` returned
 
 
 def resolve_teacher_name(name: str) -> str:
@@ -144,22 +144,22 @@ class Teacher(nn.Module):
             return x
         return torch.cat([x[:, :1], x[:, self.num_prefix:]], dim=1)
 
-    def kept_rows_level(self, out: LastBlockOutput) -> torch.Tensor:
-        """The last level in the CLS + patches layout [B, 1+N, D] from its computed rows: zeros where the
-        block was not run (masked patches; never read by the loss)."""
-        if not out.kept_rows_only:
+    def last_level(self, out: LastBlockOutput) -> torch.Tensor:
+        """The last level in the CLS + patches layout [B, 1+N, D] from its computed rows: zeros where the block
+        was not run (rows the method never reads)."""
+        if out.rows is None:
             return self.select_tokens(out.x)
         b, _, d = out.x.shape
         level = out.x.new_zeros(b, 1 + self.model.patch_embed.num_patches, d)
-        rows = cls_and_kept_rows(out.ids_keep, 1)
-        return level.scatter_(1, rows[..., None].expand(-1, -1, d), out.x)
+        return level.scatter_(1, out.rows[..., None].expand(-1, -1, d), out.x)
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor, levels: list[int], importance: bool = True,
-                keep: KeepFn | None = None, all_rows: bool = False) -> TeacherOutput:
-        """levels: 1-based block indices whose outputs are wanted. keep: optional mask draw, importance (None
-        without it) → ids_keep [B, K], called as soon as the importance is known; the last level is then only
-        computed at the CLS and kept rows (zeros elsewhere) unless all_rows, and ids_keep is returned."""
+    def forward(self, images: torch.Tensor, levels: list[int], importance: bool = True, draw: DrawFn | None = None,
+                rows_of: RowsFn | None = None) -> TeacherOutput:
+        """levels: 1-based block indices whose outputs are wanted. draw: optional mask draw, importance (None
+        without it) → mask, called as soon as the importance is known, and returned. rows_of: mask → the rows
+        [B, R] (CLS = 0, patch n = 1 + n) the last level is wanted at; it is then computed there only (zeros
+        elsewhere). Without rows_of, or without a mask, the last level covers every row."""
         bad = [level for level in levels if not 1 <= level <= self.depth]
         if bad:
             raise ValueError(f"teacher levels must be in 1..{self.depth}, got {bad}")
@@ -171,12 +171,12 @@ class Teacher(nn.Module):
             x = block(x)
             if index in wanted:
                 outputs[index] = self.select_tokens(x)
-        last = LastBlockOutput(None, False, None, None)
+        last = LastBlockOutput(None, None, None, None)
         if run_last:
-            last = last_block(m.blocks[-1], x, self.num_prefix, importance, keep, self.depth in wanted, all_rows)
+            last = last_block(m.blocks[-1], x, self.num_prefix, importance, draw, self.depth in wanted, rows_of)
             if last.x is not None:
-                outputs[self.depth] = self.kept_rows_level(last)
-        ids_keep = last.ids_keep
-        if keep is not None and ids_keep is None:  # the mask did not wait for the last block
-            ids_keep = draw_keep(keep, None)
-        return TeacherOutput(torch.stack([outputs[level] for level in levels]), last.importance, ids_keep)
+                outputs[self.depth] = self.last_level(last)
+        mask = last.mask
+        if draw is not None and mask is None:  # the mask did not wait for the last block
+            mask = draw_outside_inference(draw, None)
+        return TeacherOutput(torch.stack([outputs[level] for level in levels]), last.importance, mask)

@@ -67,6 +67,25 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def init_linears_and_norms(root: nn.Module) -> None:
+    """MAE's initialisation of every Linear (xavier-uniform, zero bias) and LayerNorm (ones, zeros) below root."""
+    for module in root.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def set_blocks_attention(blocks, name: str, device) -> str:
+    """The attention backend of every block, resolved for the device (an error when it cannot run there)."""
+    backend = resolve_backend(name, device)
+    for block in blocks:
+        block.attn.backend = backend
+    return backend
+
+
 class PatchEmbed(nn.Module):
     """Holds the Conv2d weights under timm's name; the computation is `ops.masked_patch_embed`."""
 
@@ -101,19 +120,10 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(self.embed_dim, -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
         nn.init.normal_(self.cls_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_linears_and_norms(self)
 
     def set_attention_backend(self, name: str, device) -> str:
-        backend = resolve_backend(name, device)
-        for block in self.blocks:
-            block.attn.backend = backend
-        return backend
+        return set_blocks_attention(self.blocks, name, device)
 
     def check_images(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != self.in_chans:
@@ -131,6 +141,10 @@ class VisionTransformer(nn.Module):
         patches = ops.masked_patch_embed(images, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:])
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(images.shape[0], -1, -1)
         return torch.cat([cls.to(patches.dtype), patches], dim=1)
+
+    def encode(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's output [B, 1+K, D] after the final norm (MAE's forward_encoder)."""
+        return self.norm(self(images, ids_keep)[-1])
 
     def forward(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None,
                 depth: int | None = None) -> list[torch.Tensor]:

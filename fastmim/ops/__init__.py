@@ -1,5 +1,6 @@
 """fastmim's drop-in ops (DESIGN §4). Each runs the compiled kernel when available, else its reference."""
 from ._backend import check_device_errors, fused_ops, kernels_mode, set_kernels
+from .align_loss import cls_and_kept_rows
 from ._backend import implementation as _implementation
 
 fused_ops()  # loads fastmim._C when built and registers the ops' fake kernels, autograd and autocast
@@ -15,11 +16,16 @@ def dynamic_align(hidden, mix, head_weight=None, head_bias=None):
     return _implementation("dynamic_align")(hidden, mix, head_weight, head_bias)
 
 
-def align_loss(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
+def align_loss(pred, target, rows, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
                beta=1.0, eps=1e-5):
-    """Per-level loss [L] between predictions at CLS + kept tokens and the teacher's matching rows."""
-    return _implementation("align_loss")(pred, target, ids_keep, loss, target_norm, pred_norm, beta, eps)
+    """Per-level loss [L]: prediction row j of sample b against target row rows[b, j], both [L, B, ·, D]."""
+    return _implementation("align_loss")(pred, target, rows, loss, target_norm, pred_norm, beta, eps)
 
 
-__all__ = ["masked_patch_embed", "dynamic_align", "align_loss", "set_kernels", "kernels_mode", "fused_ops",
-           "check_device_errors"]
+def masked_pixel_loss(pred, images, ids, patch_size, norm_pix=True, eps=1e-6):
+    """MAE's loss: mean squared error of pred [B, M, p²·C] against the (normalized) image patches at ids [B, M]."""
+    return _implementation("masked_pixel_loss")(pred, images, ids, patch_size, norm_pix, eps)
+
+
+__all__ = ["masked_patch_embed", "dynamic_align", "align_loss", "masked_pixel_loss", "set_kernels", "kernels_mode",
+           "fused_ops", "check_device_errors", "cls_and_kept_rows"]

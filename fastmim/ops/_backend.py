@@ -19,9 +19,11 @@ from . import _extension, reference
 from . import align_loss as _align_loss
 from . import dynamic_align as _dynamic_align
 from . import masked_patch_embed as _masked_patch_embed
+from . import masked_pixel_loss as _masked_pixel_loss
 
 MODES = ("auto", "fused", "reference")
-OP_MODULES = {"masked_patch_embed": _masked_patch_embed, "align_loss": _align_loss, "dynamic_align": _dynamic_align}
+OP_MODULES = {"masked_patch_embed": _masked_patch_embed, "align_loss": _align_loss, "dynamic_align": _dynamic_align,
+              "masked_pixel_loss": _masked_pixel_loss}
 _fused: list = []   # [namespace or None] once loaded
 _warned: list = []
 

@@ -46,7 +46,8 @@ def check_indices(name: str, ids: torch.Tensor, upper: int) -> None:
 
 
 _REFERENCE_MESSAGES = ("masked_patch_embed (reference): ids_keep holds values outside [0, N)",
-                       "align_loss (reference): ids_keep holds values outside [0, N)")
+                       "align_loss (reference): rows holds values outside [0, N)",
+                       "masked_pixel_loss (reference): ids holds values outside [0, N)")
 _reference_errors: dict = {}  # device → one flag per message, on that device
 
 

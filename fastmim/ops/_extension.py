@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-OPS = ("masked_patch_embed", "align_loss", "dynamic_align")
+OPS = ("masked_patch_embed", "align_loss", "dynamic_align", "masked_pixel_loss")
 _state: dict = {}
 
 

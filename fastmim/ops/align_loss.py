@@ -1,5 +1,6 @@
-"""align_loss: per-level loss between student predictions at CLS + kept tokens and the teacher's rows
-at the same tokens, with per-row normalization of the gathered target rows only."""
+"""align_loss: per-level loss between student predictions and the teacher's rows they predict (`rows`: for
+MaskAlign and MR-MAE the CLS row and the kept patches, `cls_and_kept_rows(ids_keep)`; for MaskDistill the
+masked patches, `1 + ids_masked`), with per-row normalization of the gathered target rows only."""
 from __future__ import annotations
 
 import torch
@@ -11,23 +12,22 @@ LOSSES = ("smooth_l1", "l2", "l1", "cosine")
 ROW_NORMS = ("layernorm", "l2", "none")
 
 
-def validate(pred, target, ids_keep, loss, target_norm, pred_norm) -> None:
+def validate(pred, target, rows, loss, target_norm, pred_norm) -> None:
     check_tensor("pred", pred, ndim=4)
     check_tensor("target", target, ndim=4)
     check_choice("loss", loss, LOSSES)
     check_choice("target_norm", target_norm, ROW_NORMS)
     check_choice("pred_norm", pred_norm, ROW_NORMS)
-    levels, batch, rows, dim = pred.shape
+    levels, batch, pred_rows, dim = pred.shape
     if target.shape[0] != levels or target.shape[1] != batch or target.shape[3] != dim:
         raise ValueError(
-            f"target must be [{levels}, {batch}, 1+N, {dim}] to match pred {list(pred.shape)}, "
-            f"got {list(target.shape)}"
+            f"target must be [{levels}, {batch}, T, {dim}] to match pred {list(pred.shape)}, got {list(target.shape)}"
         )
-    check_tensor("ids_keep", ids_keep, ndim=2, floating=False)
-    if tuple(ids_keep.shape) != (batch, rows - 1):
-        raise ValueError(f"ids_keep must be [{batch}, {rows - 1}] to match pred, got {list(ids_keep.shape)}")
-    check_same_device("pred", pred, target=target, ids_keep=ids_keep)
-    check_indices("ids_keep", ids_keep, target.shape[2] - 1)
+    check_tensor("rows", rows, ndim=2, floating=False)
+    if tuple(rows.shape) != (batch, pred_rows):
+        raise ValueError(f"rows must be [{batch}, {pred_rows}] to match pred, got {list(rows.shape)}")
+    check_same_device("pred", pred, target=target, rows=rows)
+    check_indices("rows", rows, target.shape[2])
 
 
 def accumulation_dtype(pred: torch.Tensor) -> torch.dtype:
@@ -35,10 +35,10 @@ def accumulation_dtype(pred: torch.Tensor) -> torch.dtype:
     return torch.float64 if pred.dtype == torch.float64 else torch.float32
 
 
-def target_row_index(ids_keep: torch.Tensor) -> torch.Tensor:
-    """Row 0 (CLS) followed by 1 + each kept patch index: [B, 1+K]."""
-    cls_row = torch.zeros_like(ids_keep[:, :1])
-    return torch.cat([cls_row, ids_keep + 1], dim=1)
+def cls_and_kept_rows(ids_keep: torch.Tensor) -> torch.Tensor:
+    """The `rows` of MaskAlign and MR-MAE: row 0 (CLS) followed by 1 + each kept patch index, [B, 1+K], in a
+    teacher level laid out as CLS then the N patches."""
+    return torch.cat([torch.zeros_like(ids_keep[:, :1]), ids_keep + 1], dim=1)
 
 
 def normalize_rows(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
@@ -62,15 +62,14 @@ def elementwise_loss(pred, target, loss: str, beta: float) -> torch.Tensor:
     return per_element.mean(dim=(1, 2, 3))
 
 
-def align_loss_reference(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm",
-                         pred_norm="none", beta=1.0, eps=1e-5):
-    """Plain PyTorch in the accumulation dtype (float32; float64 for float64 predictions): gather the kept
-    target rows first, then normalize only those."""
-    validate(pred, target, ids_keep, loss, target_norm, pred_norm)
-    ids_keep = guarded_indices("align_loss", "ids_keep", ids_keep, target.shape[2] - 1)
+def align_loss_reference(pred, target, rows, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
+                         beta=1.0, eps=1e-5):
+    """Plain PyTorch in the accumulation dtype (float32; float64 for float64 predictions): gather the target
+    rows first, then normalize only those."""
+    validate(pred, target, rows, loss, target_norm, pred_norm)
+    rows = guarded_indices("align_loss", "rows", rows, target.shape[2])
     acc = accumulation_dtype(pred)
-    index = target_row_index(ids_keep)
-    index = index[None, :, :, None].expand(target.shape[0], -1, -1, target.shape[-1])
+    index = rows[None, :, :, None].expand(target.shape[0], -1, -1, target.shape[-1])
     rows = target.detach().gather(2, index).to(acc)
     rows = normalize_rows(rows, target_norm, eps)
     prediction = normalize_rows(pred.to(acc), pred_norm, eps)
@@ -79,7 +78,7 @@ def align_loss_reference(pred, target, ids_keep, loss="smooth_l1", target_norm="
 
 # --- the fused op: torch.ops.<library>.align_loss (csrc/{cpu,cuda}/align_loss.*) ----------------------------
 
-def _fake(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none", beta=1.0,
+def _fake(pred, target, rows, loss="smooth_l1", target_norm="layernorm", pred_norm="none", beta=1.0,
           eps=1e-5, with_grad=True):
     losses = pred.new_empty(pred.shape[0], dtype=accumulation_dtype(pred))
     return losses, pred.new_empty(pred.shape if with_grad else (0,))
@@ -109,12 +108,12 @@ def register_fused(library: str = "fastmim"):
             raise RuntimeError(f"{library}::align_loss ran with with_grad=False, so it kept no gradient for pred")
         return (op.align_loss_backward(grad_loss, grad_rows, ctx.loss),) + (None,) * 8
 
-    def align_loss_fused(pred, target, ids_keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
+    def align_loss_fused(pred, target, rows, loss="smooth_l1", target_norm="layernorm", pred_norm="none",
                          beta=1.0, eps=1e-5):
         """The compiled kernel: one pass per row computes the loss and d(loss)/d(pred); backward only rescales."""
-        validate(pred, target, ids_keep, loss, target_norm, pred_norm)
+        validate(pred, target, rows, loss, target_norm, pred_norm)
         with_grad = pred.requires_grad and torch.is_grad_enabled()
-        losses, _ = op.align_loss(pred, target, ids_keep, loss, target_norm, pred_norm, float(beta), float(eps),
+        losses, _ = op.align_loss(pred, target, rows, loss, target_norm, pred_norm, float(beta), float(eps),
                                   with_grad)
         return losses
 

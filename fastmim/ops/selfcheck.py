@@ -49,17 +49,23 @@ def _cases(device: torch.device, dtype: torch.dtype, generator: torch.Generator)
     def ids(batch, n, k):
         return torch.rand(batch, n, generator=generator).argsort(dim=1)[:, :k].to(device)
 
+    def rows(batch, n, k):  # CLS and k - 1 kept patches of n
+        return torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=device), ids(batch, n, k - 1) + 1], dim=1)
+
     yield ("masked_patch_embed", [randn(2, 3, 32, 48), ids(2, 6, 3), randn(24, 3, 16, 16, scale=1 / 16), randn(24),
                                   randn(6, 24)], [True, False, True, True, True],
            ["images", "weight", "bias", "pos_embed"])
     yield ("dynamic_align", [randn(4, 2, 5, 40), randn(2, 4, scale=0.25), randn(2, 24, 40, scale=0.15), randn(2, 24)],
            [True, True, True, True], ["hidden", "mix", "head_weight", "head_bias"])
-    yield ("align_loss", [randn(2, 2, 5, 32), randn(2, 2, 13, 32, scale=1.5), ids(2, 12, 4)], [True, False, False],
+    yield ("align_loss", [randn(2, 2, 5, 32), randn(2, 2, 13, 32, scale=1.5), rows(2, 12, 5)], [True, False, False],
+           ["pred"])
+    yield ("masked_pixel_loss", [randn(2, 3, 768), randn(2, 3, 32, 48), ids(2, 6, 3), 16], [True, False, False, False],
            ["pred"])
 
 
 def _run(fn, inputs, wants):
-    leaves = [x.detach().clone().requires_grad_(w) if x.is_floating_point() else x for x, w in zip(inputs, wants)]
+    leaves = [x.detach().clone().requires_grad_(w) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+              for x, w in zip(inputs, wants)]
     out = fn(*leaves)
     grad_out = torch.linspace(0.5, 1.5, out.numel(), dtype=torch.float64).reshape(out.shape).to(out.device, out.dtype)
     grads = torch.autograd.grad(out, [x for x, w in zip(leaves, wants) if w], grad_out)
@@ -76,7 +82,8 @@ def check_ops(device, dtypes=(torch.float32, torch.bfloat16), seed: int = 0) -> 
     for dtype in dtypes:
         generator = torch.Generator().manual_seed(seed)
         for name, inputs, wants, grad_names in _cases(device, dtype, generator):
-            exact_inputs = [x.cpu().double() if x.is_floating_point() else x.cpu() for x in inputs]
+            exact_inputs = [(x.cpu().double() if x.is_floating_point() else x.cpu()) if isinstance(x, torch.Tensor)
+                            else x for x in inputs]
             exact = _run(getattr(reference, name), exact_inputs, wants)
             same_precision = _run(getattr(reference, name), inputs, wants)
             kernel = _run(getattr(fused, name), inputs, wants)

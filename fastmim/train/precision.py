@@ -13,7 +13,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 or AMX). Without them bf16 products
-    are emulated; measured on a 2-core AVX2 machine: a CLIP-B/16 teacher forward 6× slower than in fp32, and a
+    are emulated; measured on a 2-core AVX2 machine: a CLIP-B/16 forward 6× slower than in fp32, and a
     2048² bf16 `a @ b` at 0.16 GFLOP/s against ~30–60 GFLOP/s in fp32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -25,7 +25,7 @@ def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
     ax.plot(steps, [m["loss"] for m in metrics], label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("MaskAlign pretraining loss")
+    ax.set_title("pretraining loss")
     ax.grid(alpha=0.3)
     path = Path(folder) / "loss_curve.png"
     fig.tight_layout()

@@ -1,6 +1,6 @@
 """The trainer: composes the distributed set-up, the method, the data, the optimizer, checkpoints and
-logging into the pretraining loop. It drives any method through one small interface: the module's
-forward returns an object with `.loss` and `.level_losses`, and `param_groups(weight_decay)`."""
+logging into the pretraining loop. It drives any method through fastmim.methods.base.Method alone (built by
+the registry from the config's method section): never a method's class or name."""
 from __future__ import annotations
 
 import time
@@ -14,12 +14,14 @@ from fastmim import ops
 from fastmim.ops import _extension, selfcheck
 from fastmim.config import Config, to_dict, to_yaml
 from fastmim.data import build_loader
-from fastmim.methods.maskalign import MaskAlign
+from fastmim.methods.base import Method
+from fastmim.methods.registry import build_method
 
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .metrics import MetricsWriter, read_metrics
 from .optim import build_optimizer, set_lr
+from .peak import peak_flops
 from .precision import autocast_for, resolve_precision
 from .progress import ProgressReporter
 from .report import plot_loss_curve, print_summary, write_summary
@@ -75,19 +77,16 @@ class Trainer:
                                          self.peak_lr, cfg.optim.betas)
         self.nonfinite_seen = 0  # non-finite steps since this process started (read at logging points)
         self.autocast = autocast_for(self.device, self.precision)
+        self.flops_per_image = self.method.flops_per_image()
+        self.peak_flops = peak_flops(self.device, self.precision)  # per device; None where unknown
         # Resolved and loaded here, before any work, so a bad --resume is reported like any other bad input.
         self.resume_path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
         self.resumed_state = self.restore(self.resume_path) if self.resume_path else None
 
     # --- construction -------------------------------------------------------------------------------
-    def _build_method(self) -> MaskAlign:
-        torch.manual_seed(self.cfg.train.seed)  # identical teacher and initial student on every rank
-        method = MaskAlign(self.cfg.method).to(self.device)
-        method.set_attention_backend(self.cfg.method.attn_backend, self.device)
-        if self.precision == "bf16":
-            method.teacher.to(torch.bfloat16)  # frozen: bf16 weights, half the memory traffic
-        if self.cfg.train.compile:
-            method.compile_blocks()
+    def _build_method(self) -> Method:
+        torch.manual_seed(self.cfg.train.seed)  # identical teachers and initial student on every rank
+        method = build_method(self.cfg.method).prepare(self.device, self.precision, self.cfg.train.compile)
         torch.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank)  # masks and drop path differ per rank
         return method
 
@@ -100,6 +99,7 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------------------------
     def checkpoint_state(self, step: int, skipped: int, nonfinite: int) -> dict:
         return {
+            "method_name": self.method.name,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": step,
@@ -113,6 +113,10 @@ class Trainer:
 
     def restore(self, path: Path) -> dict:
         state = load_checkpoint(path)
+        saved = state.get("method_name")  # absent in checkpoints written before runs recorded their method
+        if saved is not None and saved != self.method.name:
+            raise ValueError(f"checkpoint {str(path)!r} was written by a {saved} run; this run trains "
+                             f"{self.method.name} (use another --output, or --resume never)")
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state["world_size"] != self.dist.world_size:
@@ -219,7 +223,7 @@ class Trainer:
         ops.check_device_errors(self.device)
         sums = torch.stack([stats.loss_sum, stats.finite_steps, stats.nonfinite_total, stats.nonfinite_in_a_row])
         sums = dist_utils.all_reduce_sum(sums.float()).cpu()
-        levels = dist_utils.all_reduce_sum(stats.level_loss_sum.float()).cpu() if stats.level_loss_sum is not None else None
+        terms = dist_utils.all_reduce_sum(stats.term_sum.float()).cpu().tolist() if stats.term_sum is not None else []
         loss_sum, finite, nonfinite, in_a_row = sums.tolist()
         self.nonfinite_seen += int(nonfinite / self.dist.world_size)
         if in_a_row / self.dist.world_size >= self.cfg.train.max_nonfinite:
@@ -229,14 +233,17 @@ class Trainer:
                 "enable optim.clip_grad, or check the data")
         elapsed = time.perf_counter() - window["start"]
         loss = loss_sum / finite if finite else float("nan")
+        images_per_sec = window["images"] * self.dist.world_size / elapsed if elapsed > 0 else 0.0
         record = {
-            "step": step, "epoch": epoch, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_sec": window["images"] * self.dist.world_size / elapsed if elapsed > 0 else 0.0,
+            "step": step, "epoch": epoch, "loss": loss,
+            **{name: value / finite if finite else float("nan") for name, value in zip(stats.term_names, terms)},
+            "lr": self.optimizer.param_groups[0]["lr"], "images_per_sec": images_per_sec,
             "data_wait": window["wait"] / elapsed if elapsed > 0 else 0.0,
-            "level_losses": [v / finite for v in levels.tolist()] if levels is not None and finite else [],
             "skipped_images": skipped_before + self._skipped(),
             "nonfinite_steps": nonfinite_before + self.nonfinite_seen,
         }
+        if self.peak_flops:  # model FLOPs per second per device against the device's peak
+            record["mfu"] = self.flops_per_image * images_per_sec / self.dist.world_size / self.peak_flops
         if writer:
             writer.write(record)
         progress.update(record)

@@ -33,7 +33,7 @@ def test_loss_and_gradients_equal_the_official_computation(overrides):
     out = method(images)
     grads = torch.autograd.grad(out.loss, [p for p in method.parameters() if p.requires_grad])
     reference = MaskAlignReference(method)
-    expected = reference(images, ids_keep=out.ids_keep).loss
+    expected = reference(images, mask=out.mask).loss
     expected_grads = torch.autograd.grad(expected, [p for p in method.parameters() if p.requires_grad])
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-7)
     for ours, theirs in zip(grads, expected_grads):
@@ -41,7 +41,7 @@ def test_loss_and_gradients_equal_the_official_computation(overrides):
 
 
 def test_only_supervised_levels_are_computed():
-    method = MaskAlign(tiny_config(level_weights="mid2", fusion="simple"))
+    method = MaskAlign(tiny_config(level_weights="mid1", fusion="simple"))  # mid1: level 2
     assert method.levels == [2] and method.head_weight.shape[0] == 1
     # blocks deeper than level 2 are never run, so they hold no trainable parameters (DDP needs none unused)
     assert not any(p.requires_grad for p in method.student.blocks[2:].parameters())
@@ -55,7 +55,7 @@ def test_vit_base_student_with_clip_b16_teacher_on_cpu():
     method = MaskAlign(tiny_config(student="base", student_kwargs={}, img_size=224, drop_path=0.1,
                                    teacher="clip_b16", teacher_kwargs={}, level_weights="top5"))
     out = method(torch.randn(2, 3, 224, 224))
-    assert out.ids_keep.shape == (2, 58) and out.level_losses.shape == (5,)
+    assert out.mask.ids_keep.shape == (2, 58) and set(out.terms) == {f"level_{l}" for l in range(8, 13)}
     assert math.isfinite(out.loss.item())
     out.loss.backward()
     assert method.student.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
@@ -77,7 +77,7 @@ def test_the_gpu_precision_setup_runs_on_the_cpu_too():
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = method(images)
-    assert torch.equal(out.ids_keep, expected.ids_keep)
+    assert torch.equal(out.mask.ids_keep, expected.mask.ids_keep)
     torch.testing.assert_close(out.loss, expected.loss.detach(), rtol=5e-2, atol=0)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.requires_grad)
@@ -118,3 +118,56 @@ def test_teacher_is_not_in_the_state_dict_but_moves_with_the_method():
     assert not any(k.startswith("teacher") for k in method.state_dict())
     method.to(torch.float64)
     assert next(method.teacher.parameters()).dtype == torch.float64
+
+
+# The official code's level-weight lists, written out (index i is teacher level i + 1).
+OFFICIAL_WEIGHTS_12 = {
+    "mean": [1 / 12] * 12,
+    "out": [0.0] * 11 + [1.0],
+    "linear_decay": [i / 66 for i in range(12)],          # 0, 1/66, …, 11/66: level 1 gets nothing
+    "top5": [0.0] * 7 + [0.2] * 5,
+    "mid6": [0.0] * 6 + [1.0] + [0.0] * 5,                # index 6: block 7
+    "mid0": [1.0] + [0.0] * 11,
+}
+OFFICIAL_WEIGHTS_24 = {
+    "linear_decay": [i / 276 for i in range(24)],         # Σ_{j<24} j = 276
+    "top5": [0.0] * 19 + [0.2] * 5,
+    "mid12": [0.0] * 12 + [1.0] + [0.0] * 11,
+}
+
+
+@pytest.mark.parametrize("depth,spec,expected", [(12, k, v) for k, v in OFFICIAL_WEIGHTS_12.items()]
+                         + [(24, k, v) for k, v in OFFICIAL_WEIGHTS_24.items()])
+def test_level_weights_are_the_official_lists(depth, spec, expected):
+    from fastmim.methods.level_weights import level_weights
+
+    weights = level_weights(spec, depth)
+    assert [weights.get(level, 0.0) for level in range(1, depth + 1)] == pytest.approx(expected, abs=1e-15)
+    assert all(w > 0 for w in weights.values())  # zero-weight levels are not computed at all
+
+
+def test_mid_k_out_of_range_is_named():
+    from fastmim.methods.level_weights import level_weights
+
+    with pytest.raises(ValueError, match="K must be in 0..11"):
+        level_weights("mid12", 12)
+
+
+@pytest.mark.parametrize("head,shapes", [
+    ("linear", None),
+    ("norm_linear", [("LayerNorm", (384,)), ("Linear", (768, 384))]),
+    ("mlp", [("Linear", (384, 384)), ("GELU", None), ("Linear", (768, 384))]),
+    ("mlp2", [("Linear", (384, 384)), ("LayerNorm", (384,)), ("Linear", (768, 384))]),
+])
+def test_heads_of_a_vit_small_student_with_a_clip_b16_teacher(head, shapes):
+    """Hidden layers keep the student's width (384), the output is the teacher's (768), LayerNorms use eps 1e-6."""
+    torch.manual_seed(0)
+    method = MaskAlign(tiny_config(student="small", student_kwargs=dict(depth=2), teacher="clip_b16",
+                                   teacher_kwargs=dict(depth=2), head=head, fusion="sum", level_weights="top2"))
+    if head == "linear":
+        assert method.head_weight.shape == (2, 768, 384) and method.head_bias.shape == (2, 768)
+        return
+    for module in method.heads:
+        layers = [(type(m).__name__, tuple(m.weight.shape) if hasattr(m, "weight") else None) for m in module]
+        assert layers == shapes
+        assert all(m.eps == 1e-6 for m in module if isinstance(m, torch.nn.LayerNorm))

@@ -1,8 +1,11 @@
-"""The teacher's last block on the kept rows only gives the full computation's values at those rows."""
+"""The teacher's last block at the rows a method reads gives the full computation's values at those rows: CLS
+and kept patches (MaskAlign, MR-MAE), masked patches without the CLS (MaskDistill), for CLIP and a
+register-token DINOv2 teacher."""
 import pytest
 import torch
 
-from fastmim.methods.masking import keep_indices
+from fastmim import ops
+from fastmim.methods.masks import draw_mask
 from fastmim.models.teacher import Teacher
 
 
@@ -11,32 +14,42 @@ def make_teacher(name="vit_base_patch16_clip_quickgelu_224", **kw):
     return Teacher(name, student_grid=4, weights="random", depth=3, **kw)
 
 
-def recording_keep(calls, kept=5):
-    def keep(importance):
+def recording_draw(calls, kept=5):
+    def draw(importance):
         calls.append(importance)
         mode = "random" if importance is None else "attention"
-        return keep_indices(mode, 1 - kept / 16, 2, 16, "cpu", importance)
-    return keep
+        return draw_mask(mode, 1 - kept / 16, 2, 16, "cpu", importance)
+    return draw
 
 
+def cls_and_kept(mask):
+    return ops.cls_and_kept_rows(mask.ids_keep)
+
+
+def masked_only(mask):
+    return mask.ids_masked + 1
+
+
+@pytest.mark.parametrize("rows_of", [cls_and_kept, masked_only], ids=["cls+kept", "masked"])
 @pytest.mark.parametrize("name", ["vit_base_patch16_clip_quickgelu_224", "vit_small_patch14_reg4_dinov2"])
 @pytest.mark.parametrize("importance", [True, False])
-def test_kept_rows_of_the_last_level_equal_the_full_forward(name, importance):
+def test_rows_of_the_last_level_equal_the_full_forward(name, importance, rows_of):
     teacher = make_teacher(name)
     images = torch.randn(2, 3, 64, 64)
     full = teacher(images, [2, 3], importance=importance)
     calls = []
-    sparse = teacher(images, [2, 3], importance=importance, keep=recording_keep(calls))
+    sparse = teacher(images, [2, 3], importance=importance, draw=recording_draw(calls), rows_of=rows_of)
     assert len(calls) == 1 and (calls[0] is None) == (not importance)
-    ids = sparse.ids_keep
+    ids = sparse.mask.ids_keep
     assert ids.shape == (2, 5) and not ids.is_inference()  # the student saves it for backward
-    rows = torch.cat([torch.zeros_like(ids[:, :1]), ids + 1], dim=1)
+    rows = rows_of(sparse.mask)
     gathered = lambda levels: levels[:, torch.arange(2)[:, None], rows]  # noqa: E731
     torch.testing.assert_close(gathered(sparse.levels), gathered(full.levels), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sparse.levels[0], full.levels[0])  # not the last level: every row, untouched
     masked = torch.ones(2, 17, dtype=torch.bool)
     masked[torch.arange(2)[:, None], rows] = False
     assert (sparse.levels[1][masked] == 0).all()  # rows the block did not run
+    assert torch.equal(rows, rows_of(sparse.mask))
     if importance:
         torch.testing.assert_close(sparse.importance, full.importance)
 
@@ -45,21 +58,21 @@ def test_all_rows_and_unsupervised_last_level_keep_every_value():
     teacher = make_teacher()
     images = torch.randn(2, 3, 64, 64)
     full = teacher(images, [1, 3])
-    dense = teacher(images, [1, 3], keep=recording_keep([]), all_rows=True)
+    dense = teacher(images, [1, 3], draw=recording_draw([]))  # no rows_of: every row (batchnorm targets)
     torch.testing.assert_close(dense.levels, full.levels, rtol=1e-5, atol=1e-5)
     # last level not asked for: the last block yields only the importance (and the mask drawn from it)
     calls = []
-    partial = teacher(images, [1, 2], keep=recording_keep(calls))
+    partial = teacher(images, [1, 2], draw=recording_draw(calls), rows_of=cls_and_kept)
     torch.testing.assert_close(partial.importance, full.importance)
     torch.testing.assert_close(partial.levels[0], full.levels[0])
-    assert partial.ids_keep.shape == (2, 5) and calls[0] is not None
+    assert partial.mask.ids_keep.shape == (2, 5) and calls[0] is not None
 
 
 def test_random_mask_without_the_last_block_is_still_drawn():
     teacher = make_teacher()
     calls = []
-    out = teacher(torch.randn(2, 3, 64, 64), [1], importance=False, keep=recording_keep(calls))
-    assert calls == [None] and out.ids_keep.shape == (2, 5) and out.importance is None
+    out = teacher(torch.randn(2, 3, 64, 64), [1], importance=False, draw=recording_draw(calls))
+    assert calls == [None] and out.mask.ids_keep.shape == (2, 5) and out.importance is None
 
 
 @pytest.mark.cuda
@@ -67,11 +80,11 @@ def test_kept_rows_on_cuda_in_bf16_equal_the_full_forward():
     """The trainer's GPU setup: bf16 teacher weights under bf16 autocast."""
     teacher = make_teacher().cuda().to(torch.bfloat16)
     images = torch.randn(2, 3, 64, 64, device="cuda")
-    keep = lambda importance: keep_indices("attention", 1 - 5 / 16, 2, 16, "cuda", importance)  # noqa: E731
+    draw = lambda importance: draw_mask("attention", 1 - 5 / 16, 2, 16, "cuda", importance)  # noqa: E731
     with torch.autocast("cuda", dtype=torch.bfloat16):
         full = teacher(images, [2, 3])
-        sparse = teacher(images, [2, 3], keep=keep)
-    ids = sparse.ids_keep
+        sparse = teacher(images, [2, 3], draw=draw, rows_of=cls_and_kept)
+    ids = sparse.mask.ids_keep
     assert ids.is_cuda and not ids.is_inference()
     rows = torch.cat([torch.zeros_like(ids[:, :1]), ids + 1], dim=1)
     batch = torch.arange(2, device="cuda")[:, None]

@@ -1,6 +1,6 @@
 """fastmim._C align_loss against the reference: gradcheck in float64, the precision rule in
-float32/bfloat16/float16 (pred and target dtypes may differ), awkward shapes, errors naming the argument,
-opcheck, and the same on CUDA."""
+float32/bfloat16/float16 (pred and target dtypes may differ), awkward shapes, any target rows (CLS + kept,
+repeated, no CLS), errors naming the argument, opcheck, and the same on CUDA."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from fastmim.ops import reference
+from fastmim.ops import cls_and_kept_rows, reference
 
 from .helpers import (EMULATED, LOSSES, LOW_PRECISIONS, ROW_NORMS, assert_precision_rule, at_odd_offset,
                       check_device_errors, fused, ids, raw_ops, run_with_grads)
@@ -24,8 +24,8 @@ def make(shape, pred_dtype=torch.float64, target_dtype=None, device="cpu", seed=
     g = torch.Generator().manual_seed(seed)
     pred = torch.randn(levels, batch, 1 + k, dim, generator=g, dtype=torch.float64)
     target = 1.5 * torch.randn(levels, batch, 1 + n, dim, generator=g, dtype=torch.float64) + 0.3
-    keep = ids(batch, n, k, generator=g)
-    if noncontiguous:  # a strided view into a larger teacher tensor, a transposed prediction, strided ids
+    keep = cls_and_kept_rows(ids(batch, n, k, generator=g))  # the target rows: CLS, then the kept patches
+    if noncontiguous:  # a strided view into a larger teacher tensor, a transposed prediction, strided rows
         target = torch.cat([target, target], dim=2)[:, :, ::2]
         pred = pred.transpose(0, 1).contiguous().transpose(0, 1)
         keep = keep.repeat_interleave(2, dim=1)[:, ::2]
@@ -110,6 +110,40 @@ def test_noncontiguous_inputs(dtype):
     check_against_reference(SHAPES["base"], dtype, noncontiguous=True)
 
 
+ROWS = {  # [B, R] target rows, R = 4, of a 10-row target
+    "masked patches, no CLS": [[3, 7, 1, 9], [2, 4, 6, 8]],
+    "repeated rows": [[0, 5, 5, 5], [9, 9, 0, 0]],
+    "one row for all": [[4, 4, 4, 4], [4, 4, 4, 4]],
+}
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("rows", ROWS.values(), ids=ROWS.keys())
+def test_any_target_rows(rows, dtype):
+    g = torch.Generator().manual_seed(4)
+    pred = torch.randn(3, 2, 4, 24, generator=g, dtype=torch.float64)
+    target = torch.randn(3, 2, 10, 24, generator=g, dtype=torch.float64)
+    rows = torch.tensor(rows)
+    grad = torch.rand(3, dtype=torch.float64, generator=g) + 0.5
+    call = lambda fn: lambda p, t: fn(p, t, rows, "smooth_l1", "layernorm", "layernorm")  # noqa: E731
+    exact, (exact_grad,) = run_with_grads(call(reference.align_loss), [pred, target], [True, False], grad)
+    low = [pred.to(dtype), target.to(dtype)]
+    ref, (ref_grad,) = run_with_grads(call(reference.align_loss), low, [True, False], grad)
+    out, (out_grad,) = run_with_grads(call(fused().align_loss), low, [True, False], grad)
+    assert_precision_rule(out, ref, exact, 2, "loss")
+    assert_precision_rule(out_grad, ref_grad, exact_grad, 3, "grad pred")
+
+
+def test_rows_are_the_definition():
+    """Prediction row j of sample b is compared with target row rows[b, j]: written out for l2 without norms."""
+    g = torch.Generator().manual_seed(5)
+    pred, target = torch.randn(2, 2, 3, 5, generator=g), torch.randn(2, 2, 6, 5, generator=g)
+    rows = torch.tensor([[5, 0, 5], [1, 2, 3]])
+    expected = torch.stack([sum(((pred[l, b, j] - target[l, b, rows[b, j]]) ** 2).sum() for b in range(2)
+                                for j in range(3)) / (2 * 3 * 5) for l in range(2)])
+    torch.testing.assert_close(fused().align_loss(pred, target, rows, "l2", "none"), expected)
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISIONS, ids=str)
 def test_views_at_odd_storage_offsets(dtype):
     check_against_reference(SHAPES["base"], dtype, odd_offset=True)
@@ -150,10 +184,10 @@ BAD = [  # (argument, replacement, exception, words in the message)
     ("target", lambda a: a["target"][:, :1], ValueError, "target must be"),
     ("target", lambda a: a["target"][..., :-1], ValueError, "target must be"),
     ("target", lambda a: a["target"].int(), TypeError, "target must be float"),
-    ("ids_keep", lambda a: a["ids_keep"][:, :-1], ValueError, "ids_keep must be"),
-    ("ids_keep", lambda a: a["ids_keep"].float(), TypeError, "ids_keep must be int64"),
-    ("ids_keep", lambda a: a["ids_keep"] + 100, IndexError, "ids_keep holds values outside"),
-    ("ids_keep", lambda a: -a["ids_keep"] - 1, IndexError, "ids_keep holds values outside"),
+    ("rows", lambda a: a["rows"][:, :-1], ValueError, "rows must be"),
+    ("rows", lambda a: a["rows"].float(), TypeError, "rows must be int64"),
+    ("rows", lambda a: a["rows"] + 100, IndexError, "rows holds values outside"),
+    ("rows", lambda a: -a["rows"] - 1, IndexError, "rows holds values outside"),
     ("loss", lambda a: "huber", ValueError, "loss must be one of"),
     ("target_norm", lambda a: "batchnorm", ValueError, "target_norm must be one of"),
     ("pred_norm", lambda a: "rms", ValueError, "pred_norm must be one of"),
@@ -164,7 +198,7 @@ BAD = [  # (argument, replacement, exception, words in the message)
 @pytest.mark.parametrize("entry", ["fastmim.ops", "torch.ops"])
 def test_bad_inputs_name_the_argument(name, replace, error, words, entry):
     pred, target, keep = make(SHAPES["base"], torch.float32)
-    args = dict(pred=pred, target=target, ids_keep=keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none")
+    args = dict(pred=pred, target=target, rows=keep, loss="smooth_l1", target_norm="layernorm", pred_norm="none")
     args[name] = replace(args)
     with pytest.raises(error, match=words):
         if entry == "fastmim.ops":
@@ -226,7 +260,7 @@ def test_cuda_mixed_dtypes_and_noncontiguous(pred_dtype, target_dtype):
 @pytest.mark.cuda
 def test_cuda_errors_name_the_argument():
     pred, target, keep = make(SHAPES["base"], torch.float32, device="cuda")
-    with pytest.raises(ValueError, match="ids_keep is on cpu"):
+    with pytest.raises(ValueError, match="rows is on cpu"):
         torch.ops.fastmim.align_loss(pred, target, keep.cpu(), "l2", "none", "none", 1.0, 1e-5, True)
     with pytest.raises(TypeError, match="pred must be float32/bfloat16/float16 on CUDA"):
         torch.ops.fastmim.align_loss(pred.double(), target, keep, "l2", "none", "none", 1.0, 1e-5, True)
@@ -248,7 +282,7 @@ def test_cuda_out_of_range_ids_are_reported_and_the_context_survives():
     pred, target, keep = make(SHAPES["base"], torch.float32, device="cuda")
     losses, _ = torch.ops.fastmim.align_loss(pred, target, keep + 100, "l2", "none", "none", 1.0, 1e-5, True)
     assert torch.isnan(losses).all()
-    with pytest.raises(IndexError, match="align_loss: ids_keep holds values outside"):
+    with pytest.raises(IndexError, match="align_loss: rows holds values outside"):
         ops.check_device_errors(pred.device)
     ops.check_device_errors(pred.device)  # cleared
     check_against_reference(SHAPES["base"], torch.float32, device="cuda")  # the context still works

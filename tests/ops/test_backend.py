@@ -16,8 +16,8 @@ from fastmim.ops import reference
 
 from .helpers import cuda_toolkit_present, fused
 
-OPS = ("masked_patch_embed", "align_loss", "dynamic_align")
-ALL_OPS = OPS + tuple(f"{name}_backward" for name in OPS)
+OPS = ("masked_patch_embed", "align_loss", "dynamic_align", "masked_pixel_loss")
+ALL_OPS = OPS + ("masked_patch_embed_backward", "align_loss_backward", "dynamic_align_backward")
 
 
 class OpRecorder(TorchDispatchMode):
@@ -38,7 +38,8 @@ def run_all_three():
     patches = ops.masked_patch_embed(images, keep, weight, None, torch.zeros(4, 8))
     tokens = torch.cat([patches[:, :1], patches], dim=1)  # [B, 1+K, D]
     pred = ops.dynamic_align(torch.stack([tokens, tokens.tanh()]), torch.ones(1, 2))
-    loss = ops.align_loss(pred, torch.randn(1, 2, 5, 8, generator=g), keep).sum()
+    loss = ops.align_loss(pred, torch.randn(1, 2, 5, 8, generator=g), ops.cls_and_kept_rows(keep)).sum()
+    loss = loss + ops.masked_pixel_loss(patches.repeat(1, 1, 96), images, keep, 16)
     loss.backward()
     return loss
 
@@ -144,7 +145,7 @@ def test_auto_sends_cuda_tensors_to_the_reference_where_the_kernels_cannot_run(m
         g = torch.Generator().manual_seed(0)
         pred, target = torch.randn(1, 2, 3, 4, generator=g), torch.randn(1, 2, 5, 4, generator=g)
         with OpRecorder() as recorder:
-            chosen(pred, target, torch.tensor([[0, 1], [2, 3]]))
+            chosen(pred, target, torch.tensor([[0, 1, 2], [0, 3, 4]]))
         assert "fastmim.align_loss" in recorder.names
         ops.set_kernels("fused")
         with pytest.raises(RuntimeError, match="kernels='fused': fastmim._C holds no code for this GPU"):

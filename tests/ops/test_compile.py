@@ -13,7 +13,7 @@ def loss_fn(images, ids_keep, weight, bias, pos_embed, cls, mix, head_weight, he
     tokens = torch.cat([cls.expand(images.shape[0], -1, -1), patches], dim=1)         # [B, 1+K, D]
     hidden = torch.stack([tokens, torch.tanh(tokens), tokens * 0.5])                  # [S, B, 1+K, D]
     pred = ops.dynamic_align(hidden, mix, head_weight, head_bias)                     # [L, B, 1+K, Dt]
-    return ops.align_loss(pred, target, ids_keep, "smooth_l1", "layernorm").sum()
+    return ops.align_loss(pred, target, ops.cls_and_kept_rows(ids_keep), "smooth_l1", "layernorm").sum()
 
 
 def inputs():

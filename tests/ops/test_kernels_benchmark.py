@@ -27,7 +27,8 @@ def test_all_ops_all_stages(tmp_path):
     variants = {(r["op"], r["variant"]) for r in rows}
     assert variants == {("masked_patch_embed", "fused"), ("masked_patch_embed", "reference"),
                         ("masked_patch_embed", "conv_gather"), ("align_loss", "fused"), ("align_loss", "reference"),
-                        ("dynamic_align", "fused"), ("dynamic_align", "reference")}
+                        ("dynamic_align", "fused"), ("dynamic_align", "reference"), ("masked_pixel_loss", "fused"),
+                        ("masked_pixel_loss", "reference")}
     assert len(rows) == 3 * len(variants)
     for r in rows:
         assert float(r["min_ms"]) <= float(r["median_ms"]) <= float(r["max_ms"])

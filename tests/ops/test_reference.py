@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastmim.ops import reference
+from fastmim.ops import cls_and_kept_rows, reference
 
 from .helpers import LOSSES, ROW_NORMS, ids
 
@@ -131,7 +131,7 @@ def test_align_loss_reference_equals_normalize_then_gather(loss, target_norm, pr
     g = torch.Generator().manual_seed(5)
     pred, target = torch.randn(3, 2, 4, 9, dtype=f64, generator=g), torch.randn(3, 2, 8, 9, dtype=f64, generator=g)
     keep = ids(2, 7, 3, generator=g)
-    got = reference.align_loss(pred, target, keep, loss, target_norm, pred_norm)
+    got = reference.align_loss(pred, target, cls_and_kept_rows(keep), loss, target_norm, pred_norm)
     assert got.dtype == f64
     torch.testing.assert_close(got, normalize_all_then_gather(pred, target, keep, loss, target_norm, pred_norm))
 
@@ -141,7 +141,8 @@ def test_align_loss_reference_smooth_l1_beta(beta):
     g = torch.Generator().manual_seed(6)
     pred, target = torch.randn(2, 2, 3, 5, dtype=f64, generator=g), torch.randn(2, 2, 6, 5, dtype=f64, generator=g)
     keep = ids(2, 5, 2, generator=g)
-    torch.testing.assert_close(reference.align_loss(pred, target, keep, "smooth_l1", "none", beta=beta),
+    torch.testing.assert_close(reference.align_loss(pred, target, cls_and_kept_rows(keep), "smooth_l1", "none",
+                                                   beta=beta),
                                normalize_all_then_gather(pred, target, keep, "smooth_l1", "none", "none", beta))
 
 
@@ -151,13 +152,13 @@ def test_align_loss_reference_order_of_kept_indices_does_not_matter():
     keep = ids(2, 8, 3, generator=g)
     flipped = keep.flip(1)
     pred_flipped = torch.cat([pred[:, :, :1], pred[:, :, 1:].flip(2)], dim=2)
-    torch.testing.assert_close(reference.align_loss(pred, target, keep),
-                               reference.align_loss(pred_flipped, target, flipped))
+    torch.testing.assert_close(reference.align_loss(pred, target, cls_and_kept_rows(keep)),
+                               reference.align_loss(pred_flipped, target, cls_and_kept_rows(flipped)))
 
 
 def test_align_loss_reference_dtype_is_float32_for_low_precisions():
     pred, target = torch.randn(2, 1, 3, 4, dtype=torch.bfloat16), torch.randn(2, 1, 5, 4, dtype=torch.float16)
-    assert reference.align_loss(pred, target, torch.tensor([[0, 3]])).dtype == torch.float32
+    assert reference.align_loss(pred, target, torch.tensor([[0, 1, 4]])).dtype == torch.float32
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -167,5 +168,5 @@ def test_align_loss_reference_gradcheck(loss, pred_norm):
     pred = torch.randn(2, 2, 3, 6, dtype=f64, generator=g, requires_grad=True)
     target = torch.randn(2, 2, 7, 6, dtype=f64, generator=g)
     keep = ids(2, 6, 2, generator=g)
-    fn = lambda p: reference.align_loss(p, target, keep, loss, "layernorm", pred_norm)  # noqa: E731
+    fn = lambda p: reference.align_loss(p, target, cls_and_kept_rows(keep), loss, "layernorm", pred_norm)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (pred,))

@@ -1,6 +1,9 @@
 import subprocess
 import sys
 
+import pytest
+import yaml
+
 from fastmim.pretrain import build_parser, main
 from tests.train.helpers import metrics, summary
 
@@ -25,7 +28,7 @@ def test_help_explains_every_flag():
     text = build_parser().format_help()
     for flag in ("--recipe", "--data", "--output", "--max-steps", "--epochs", "--batch-size", "--resume",
                  "--kernels", "--data-backend", "--teacher", "--teacher-weights", "--device", "--set",
-                 "--print-config", "--compile"):
+                 "--print-config", "--compile", "--list-recipes"):
         assert flag in text, flag
     assert text.count("help") >= 1
 
@@ -36,6 +39,35 @@ def test_print_config_applies_flags_and_set():
                           "--print-config"], capture_output=True, text=True, check=True).stdout
     assert "mask_ratio: 0.75" in out and "batch_size: 64" in out and "teacher: clip_b16" in out
     assert "- 0.99" in out
+
+
+def test_list_recipes_names_each_with_its_method(capsys):
+    assert main(["--list-recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in lines}
+    assert rows["maskalign_vit_base_clip_b16"] == "maskalign" and rows["demo"] == "maskalign"
+    assert rows["mae_vit_base"] == rows["mae_vit_large"] == rows["demo_mae"] == "mae"
+    assert rows["mrmae_vit_base_clip_b16"] == rows["mrmae_vit_base_clip_dino_b16"] == rows["demo_mrmae"] == "mrmae"
+    assert all(len(line.split()) > 3 for line in lines)  # and a description
+
+
+def test_print_config_records_the_method_and_its_fields(capsys):
+    main(["--recipe", "mrmae_vit_base_clip_dino_b16", "--teacher-weights", "a.pth,b.pth", "--print-config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["method_name"] == "mrmae" and cfg["method"]["teachers"] == ["clip_b16", "dino_b16"]
+    assert cfg["method"]["teacher_weights"] == ["a.pth", "b.pth"] and cfg["method"]["mask_ratio"] == 0.75
+    main(["--recipe", "mae_vit_base", "--print-config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["method_name"] == "mae" and cfg["method"]["norm_pix"] is True and cfg["optim"]["accum_steps"] == 4
+    assert cfg["optim"]["min_lr"] == 0.0 and cfg["optim"]["warmup_epochs"] == 40 and cfg["train"]["epochs"] == 1600
+
+
+def test_method_fields_are_checked_against_the_recipes_method(capsys):
+    for argv, message in ((["--recipe", "demo_mae", "--teacher", "clip_b16"], "method 'mae' has no teacher"),
+                          (["--recipe", "demo_mae", "--set", "method.fusion=sum"], "unknown field 'fusion'")):
+        with pytest.raises(SystemExit) as error:
+            main([*argv, "--print-config"])
+        assert error.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bad_set_is_a_clear_error(capsys):

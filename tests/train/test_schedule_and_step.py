@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fastmim.methods.maskalign import MaskAlignOutput
+from fastmim.methods.base import MethodOutput
 from fastmim.train.schedule import learning_rate, peak_lr
 from fastmim.train.step import StepStats, train_step
 
@@ -25,7 +25,7 @@ class Toy(torch.nn.Module):
 
     def forward(self, x):
         loss = (self.w * x).sum() * (float("nan") if self.poison else 1.0)
-        return MaskAlignOutput(loss, loss[None], [1], None)
+        return MethodOutput(loss, {"toy": loss})
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted():

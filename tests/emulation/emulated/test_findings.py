@@ -73,11 +73,11 @@ def test_out_of_range_patch_ids_are_flagged_not_read():
 def test_out_of_range_loss_rows_are_flagged_not_read():
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(2, 3, 4, 16, generator=g), torch.randn(2, 3, 9, 16, generator=g)
-    keep = torch.tensor([[0, 1, 2], [3, 8, 4], [5, 6, 7]])
-    losses, grad = raw_ops().align_loss(pred, target, keep, "l2", "layernorm", "none", 1.0, 1e-5, True)
+    rows = torch.tensor([[0, 1, 2, 3], [0, 4, 9, 5], [0, 6, 7, 8]])  # 9 is past the 9 target rows
+    losses, grad = raw_ops().align_loss(pred, target, rows, "l2", "layernorm", "none", 1.0, 1e-5, True)
     assert torch.isnan(losses).all()
     assert (grad[:, 1, 2] == 0).all() and (grad[:, 0] != 0).any()
-    with pytest.raises(IndexError, match="align_loss: ids_keep holds values outside"):
+    with pytest.raises(IndexError, match="align_loss: rows holds values outside"):
         raw_ops().check_device_errors(torch.empty(0))
 
 
@@ -100,9 +100,9 @@ def test_grids_past_the_row_limit_loop_over_the_remainder(emulation):
     for g, e in zip(grads, exact_grads):
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-3)
     pred = torch.randn(5, 2, 3, 8, requires_grad=True)  # five levels: rescale's grid rows loop too
-    target, keep = torch.randn(5, 2, 7, 8), torch.tensor([[0, 1], [2, 3]])
-    (grad,) = torch.autograd.grad(fused().align_loss(pred, target, keep).sum(), pred)
-    (expected,) = torch.autograd.grad(reference.align_loss(pred, target, keep).sum(), pred)
+    target, rows = torch.randn(5, 2, 7, 8), torch.tensor([[0, 1, 2], [0, 3, 4]])
+    (grad,) = torch.autograd.grad(fused().align_loss(pred, target, rows).sum(), pred)
+    (expected,) = torch.autograd.grad(reference.align_loss(pred, target, rows).sum(), pred)
     torch.testing.assert_close(grad, expected)
 
 

@@ -1,0 +1,108 @@
+"""The interface every pretraining method offers the trainer (MaskAlign, MAE, MR-MAE, …).
+
+The trainer, the step, the metrics, checkpoints, export and the benchmarks only ever do:
+
+    method = build_method(cfg.method)          # fastmim.methods.registry: the config's class names the method
+    method.prepare(device, precision, compile)  # move, pick attention, bf16 teachers, torch.compile blocks
+    groups = method.param_groups(weight_decay)  # the optimizer's parameter groups
+    out = method(images)                        # MethodOutput: out.loss (scalar), out.terms {name: scalar}
+    method.flops_per_image()                    # matrix-product FLOPs of one training step per image (MFU)
+    method.student                              # the ViT that is exported and evaluated
+    method.name                                 # recorded in config.yaml and checkpoints
+
+and, for the benchmarks' stage breakdown, `method.trained_pass(images, method.frozen_pass(images))`, which is
+what `method(images)` computes. Subclasses supply the two passes and what differs; frozen teachers are held
+here, outside the module tree: never trained, saved or synced by DDP, but moved and cast with the method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from .masks import Mask
+
+
+@dataclass
+class MethodOutput:
+    loss: torch.Tensor                                # scalar: what is minimized
+    terms: dict[str, torch.Tensor]                    # named scalar tensors the metrics log (loss terms)
+    mask: Mask | None = None                          # the mask the step used
+    extras: dict[str, Any] = field(default_factory=dict)  # anything a test or benchmark may inspect
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+
+    def __init__(self):
+        super().__init__()
+        object.__setattr__(self, "teachers", [])  # not submodules: see the module docstring
+        self.student: nn.Module
+
+    # --- the objective ------------------------------------------------------------------------------------
+    def frozen_pass(self, images: torch.Tensor) -> Any:
+        """The part of the step that trains nothing: the teachers' forward and the mask draw."""
+        raise NotImplementedError
+
+    def trained_pass(self, images: torch.Tensor, frozen: Any) -> MethodOutput:
+        """The part that trains: the student (and decoder or heads) on the mask, and the loss."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> MethodOutput:
+        return self.trained_pass(images, self.frozen_pass(images))
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def set_teachers(self, teachers: list[nn.Module]) -> None:
+        object.__setattr__(self, "teachers", list(teachers))
+
+    def _apply(self, fn, recurse=True):
+        for teacher in self.teachers:  # .to()/.cuda()/.double() move the unregistered teachers too
+            teacher._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def set_attention_backend(self, name: str, device) -> str:
+        """The attention of every trained block (the student's, and a decoder's where there is one)."""
+        return self.student.set_attention_backend(name, device)
+
+    def compile_blocks(self) -> None:
+        """torch.compile every trained block and every teacher block but the last (written out for the
+        importance and the kept rows): fuses the norms, activations and residual adds around the GEMMs.
+        Identical blocks share one compiled graph, so compiling costs seconds, not minutes."""
+        for block in self.trained_blocks():
+            block.compile()
+        for teacher in self.teachers:
+            for block in teacher.model.blocks[:-1]:
+                block.compile()
+
+    def trained_blocks(self) -> list[nn.Module]:
+        return list(self.student.blocks)
+
+    def prepare(self, device: torch.device, precision: str, compile: bool) -> "Method":
+        """Move to `device`, choose the attention backend for it, keep the frozen teachers in bf16 when training
+        in bf16 (half the memory traffic), and torch.compile the blocks when asked."""
+        self.to(device)
+        self.set_attention_backend(self.cfg.attn_backend, device)
+        if precision == "bf16":
+            for teacher in self.teachers:
+                teacher.to(torch.bfloat16)
+        if compile:
+            self.compile_blocks()
+        return self
+
+    # --- optimisation -------------------------------------------------------------------------------------
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        """MAE's rule (its optim_factory): no decay on biases and 1-D tensors. Methods add their own."""
+        return param.ndim <= 1 or name.endswith("bias")
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if self.no_weight_decay(name, param) else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def flops_per_image(self) -> float:
+        """Matrix-product FLOPs (2 per multiply-add) of one training step, forward and backward, per image."""
+        raise NotImplementedError
