@@ -1,4 +1,4 @@
-"""Training images/s of one method's step (--method maskalign|mae|mrmae): fastmim's path against the
+"""Training images/s of one method's step (--method maskalign|mae|mrmae|maskdistill): fastmim's path against the
 straightforward computation, interleaved in one process, with a stage breakdown, MFU against a matmul peak
 measured in the same run, and peak memory.
 
@@ -18,7 +18,10 @@ Paths (same weights and batch; both train with AdamW):
   level through every head, conv over all patches then gather, all levels normalized then gathered, einsum DA,
   separate loss ops; MAE and MR-MAE: fastmim.methods.mae_reference — models_mae.py's computation (conv then
   gather, the decoder's projection at every token, the loss over a patchified batch then the masked mean) and
-  each teacher's full forward, normalized at every row then gathered. Foreach AdamW and a `.item()` each step.
+  each teacher's full forward, normalized at every row then gathered; MaskDistill:
+  fastmim.methods.maskdistill_reference — BEiT v2's structure (conv over every patch, mask-token blend, the head
+  on every token then the masked ones selected, the teacher's full forward normalized at every row then
+  gathered, the plain-PyTorch block mask). Foreach AdamW and a `.item()` each step.
 """
 from __future__ import annotations
 
@@ -39,9 +42,10 @@ from bench_utils import Timer, environment, measure_peak_flops, memory_meter, pr
 from fastmim import ops  # noqa: E402
 from fastmim.data import build_loader  # noqa: E402
 from fastmim.data.base import DataConfig  # noqa: E402
-from fastmim.methods.configs import MAEConfig, MaskAlignConfig, MRMAEConfig  # noqa: E402
+from fastmim.methods.configs import MAEConfig, MaskAlignConfig, MaskDistillConfig, MRMAEConfig  # noqa: E402
 from fastmim.methods.mae_reference import MAEReference  # noqa: E402
 from fastmim.methods.maskalign_reference import MaskAlignReference  # noqa: E402
+from fastmim.methods.maskdistill_reference import MaskDistillReference  # noqa: E402
 from fastmim.methods.registry import build_method  # noqa: E402
 from fastmim.train.optim import build_optimizer  # noqa: E402
 from fastmim.train.step import StepStats, train_step  # noqa: E402
@@ -49,11 +53,13 @@ from fastmim.train.precision import autocast_for, cpu_has_fast_bf16, warn_if_slo
 
 TEACHERS = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "clip_b16", "large": "clip_l14"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+REFERENCES = {"maskalign": MaskAlignReference, "mae": MAEReference, "mrmae": MAEReference,
+              "maskdistill": MaskDistillReference}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="maskalign", choices=["maskalign", "mae", "mrmae"],
+    p.add_argument("--method", default="maskalign", choices=list(REFERENCES),
                    help="the objective (default maskalign); MAE has no teacher")
     p.add_argument("--model", default="base", choices=["tiny", "small", "base", "large"], help="student size")
     p.add_argument("--teacher-size", default="base", choices=list(TEACHERS),
@@ -84,6 +90,9 @@ def method_config(args):
         return MAEConfig(student=args.model, img_size=args.img_size)
     if args.method == "mrmae":
         return MRMAEConfig(student=args.model, img_size=args.img_size, teachers=(teacher,), teacher_weights=("random",))
+    if args.method == "maskdistill":
+        return MaskDistillConfig(student=args.model, img_size=args.img_size, teacher=teacher, teacher_weights="random",
+                                 drop_path=0.0)
     return MaskAlignConfig(student=args.model, img_size=args.img_size, teacher=teacher, teacher_weights="random",
                            drop_path=0.0)
 
@@ -97,8 +106,7 @@ def build_paths(args, device):
         probe = build_method(cfg)
     reference_method = copy.deepcopy(probe).to(device)
     fastmim_method = probe.prepare(device, args.dtype, args.compile)
-    wrap = MaskAlignReference if args.method == "maskalign" else MAEReference
-    return fastmim_method, wrap(reference_method).to(device)
+    return fastmim_method, REFERENCES[args.method](reference_method).to(device)
 
 
 class FastmimPath:

@@ -1,7 +1,8 @@
 """`python -m fastmim.export CHECKPOINT --out FILE.safetensors`: the student as a timm state dict.
 
-The file loads with `timm.create_model("vit_base_patch16_224", checkpoint_path=FILE)` (or the matching size):
-its keys are timm's, and a zero-initialized 1000-class head is included so that timm's strict loading
+The file loads with the timm call this command prints, e.g. `timm.create_model("vit_base_patch16_224",
+checkpoint_path=FILE)` (the matching size; `init_values=0.1` for MaskDistill's layer-scaled student): its keys
+are timm's (the pretraining-only mask token is left out), and a zero-initialized 1000-class head is included so that timm's strict loading
 finds every key (fine-tuning re-initializes the head anyway; `--head-classes 0` leaves it out, for
 `num_classes=0` models).
 """
@@ -14,18 +15,24 @@ from pathlib import Path
 import torch
 
 
+PRETRAINING_ONLY = ("mask_token",)  # the dense student's token for masked patches: timm's ViT has none
+
+
 def student_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     if "method" not in checkpoint:
         raise ValueError("not a fastmim checkpoint: it has no 'method' entry")
     prefix = "student."
-    return {k[len(prefix):]: v.contiguous() for k, v in checkpoint["method"].items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v.contiguous() for k, v in checkpoint["method"].items()
+            if k.startswith(prefix) and k[len(prefix):] not in PRETRAINING_ONLY}
 
 
 def timm_call(checkpoint: dict, path: str) -> str:
-    """The timm call that rebuilds this student (its size's timm name; img_size when it is not 224)."""
+    """The timm call that rebuilds this student (its size's timm name; img_size when it is not 224, init_values
+    when it has layer scale)."""
     method = checkpoint.get("config", {}).get("method", {})
     size, patch, img = method.get("student", "base"), method.get("patch_size", 16), method.get("img_size", 224)
     extra = "".join(f", {k}={v!r}" for k, v in method.get("student_kwargs", {}).items())
+    extra += f", init_values={method['init_values']!r}" if method.get("init_values") else ""
     extra += f", img_size={img}" if img != 224 else ""
     return f"timm.create_model('vit_{size}_patch{patch}_224'{extra}, checkpoint_path={path!r})"
 

@@ -1,7 +1,7 @@
 """Entry point: `torchrun --nproc_per_node=8 -m fastmim.pretrain --recipe NAME --data PATH`.
 
-The recipe names the method (MaskAlign, MAE, MR-MAE). With no arguments it runs the `demo` recipe: a tiny
-MaskAlign student and teacher on built-in synthetic images, on the CPU, in a couple of minutes.
+The recipe names the method (MaskAlign, MAE, MR-MAE, MaskDistill). With no arguments it runs the `demo`
+recipe: a tiny MaskAlign student and teacher on built-in synthetic images, on the CPU, in a couple of minutes.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fastmim.recipes import RECIPES, describe, recipe
 
 EPILOG = """examples:
   python -m fastmim.pretrain                                   # the CPU demo on synthetic images
-  python -m fastmim.pretrain --recipe demo_mae                 # MAE's CPU demo (demo_mrmae: MR-MAE's)
+  python -m fastmim.pretrain --recipe demo_mae                 # MAE's CPU demo (demo_mrmae, demo_maskdistill)
   torchrun --nproc_per_node=8 -m fastmim.pretrain --recipe maskalign_vit_base_clip_b16 \\
       --data /data/imagenet/train --output runs/vitb
   python -m fastmim.pretrain --recipe demo --set method.mask_ratio=0.75 --set optim.clip_grad=3.0
@@ -24,7 +24,8 @@ EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fastmim.pretrain", description="Masked image modeling pretraining: MaskAlign, MAE, MR-MAE. "
+        prog="python -m fastmim.pretrain",
+        description="Masked image modeling pretraining: MaskAlign, MAE, MR-MAE, MaskDistill. "
         "The recipe names the method and its settings; flags override the recipe; --set overrides any config field.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="demo", choices=list(RECIPES), metavar="NAME",

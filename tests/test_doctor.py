@@ -23,8 +23,9 @@ def test_doctor_runs_on_the_cpu_and_reports(tmp_path):
         assert words in result.stdout, words
     report = json.loads(out.read_text())
     checked = {(c["op"], c["dtype"]) for c in report["ops"]["cpu"]}
-    assert {op for op, _ in checked} == {"masked_patch_embed", "dynamic_align", "align_loss", "masked_pixel_loss"}
-    assert {dtype for _, dtype in checked} == {"torch.float32", "torch.bfloat16"}
+    assert {op for op, _ in checked} == {"masked_patch_embed", "dynamic_align", "align_loss", "masked_pixel_loss",
+                                         "block_mask"}
+    assert {dtype for op, dtype in checked if op != "block_mask"} == {"torch.float32", "torch.bfloat16"}
     assert report["training"][0]["ok"] and len(report["training"][0]["fused"]) == 5
     assert report["problems"] == []
 

@@ -61,4 +61,22 @@ Grads4 dynamic_align_backward(const at::Tensor& grad_out, const at::Tensor& hidd
   return op.call(grad_out, hidden, mix, head_weight, output_mask);
 }
 
+std::tuple<at::Tensor, at::Tensor> masked_pixel_loss(const at::Tensor& pred, const at::Tensor& images,
+                                                     const at::Tensor& ids, int64_t patch_size, bool norm_pix,
+                                                     double eps, bool with_grad) {
+  static const auto op = handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&, int64_t, bool, double, bool)>(
+      "fastmim::masked_pixel_loss");
+  return op.call(pred, images, ids, patch_size, norm_pix, eps, with_grad);
+}
+
+std::tuple<at::Tensor, at::Tensor> block_mask(const at::Tensor& seed, int64_t batch, int64_t grid_h, int64_t grid_w,
+                                              int64_t masked, int64_t min_patches, double min_aspect,
+                                              int64_t attempts) {
+  static const auto op = handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, int64_t,
+                                                                   int64_t, int64_t, double, int64_t)>(
+      "fastmim::block_mask");
+  return op.call(seed, batch, grid_h, grid_w, masked, min_patches, min_aspect, attempts);
+}
+
 }  // namespace fastmim

@@ -39,4 +39,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_align_backwar
     const at::Tensor& grad_out, const at::Tensor& hidden, const at::Tensor& mix,
     const std::optional<at::Tensor>& head_weight, std::array<bool, 4> output_mask);
 
+// MAE's loss at the masked patches: (loss, d(loss)/d(pred) or an empty tensor when !with_grad).
+std::tuple<at::Tensor, at::Tensor> masked_pixel_loss(const at::Tensor& pred, const at::Tensor& images,
+                                                     const at::Tensor& ids, int64_t patch_size, bool norm_pix = true,
+                                                     double eps = 1e-6, bool with_grad = true);
+
+// BEiT v2's block masks on seed's device (seed: one int64, the Philox key): (kept [batch, N - masked], masked
+// [batch, masked]), ascending patch indices of a grid_h x grid_w grid.
+std::tuple<at::Tensor, at::Tensor> block_mask(const at::Tensor& seed, int64_t batch, int64_t grid_h, int64_t grid_w,
+                                              int64_t masked, int64_t min_patches = 16, double min_aspect = 0.3,
+                                              int64_t attempts = 10);
+
 }  // namespace fastmim

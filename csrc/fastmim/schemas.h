@@ -31,6 +31,12 @@ inline void define_schemas(torch::Library& m) {
       "masked_pixel_loss(Tensor pred, Tensor images, Tensor ids, int patch_size, bool norm_pix=True, "
       "float eps=1e-06, bool with_grad=True) -> (Tensor, Tensor)");
 
+  // BEiT v2's block-wise masks, drawn on seed's device with Philox keyed by seed (one int64): the ascending patch
+  // indices kept [batch, N - masked] and masked [batch, masked] of a grid_h x grid_w grid (at most 64 a side).
+  m.def(
+      "block_mask(Tensor seed, int batch, int grid_h, int grid_w, int masked, int min_patches=16, "
+      "float min_aspect=0.3, int attempts=10) -> (Tensor, Tensor)");
+
   m.def("dynamic_align(Tensor hidden, Tensor mix, Tensor? head_weight=None, Tensor? head_bias=None) -> Tensor");
   // Gradients for (hidden, mix, head_weight, head_bias) where output_mask says so, empty tensors elsewhere.
   m.def(

@@ -38,11 +38,23 @@ def crop_params(width: int, height: int, scale, ratio, g: torch.Generator) -> tu
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def color_jitter(image: Image.Image, strength: float, g: torch.Generator) -> Image.Image:
+    """torchvision's ColorJitter(strength, strength, strength): brightness, contrast and saturation factors
+    ~ U(1 − strength, 1 + strength), applied in a random order."""
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    factors = torch.empty(3).uniform_(max(0.0, 1 - strength), 1 + strength, generator=g).tolist()
+    for i in torch.randperm(3, generator=g).tolist():
+        image = adjust[i](image, factors[i])
+    return image
+
+
 def augment(image: Image.Image, size: int, scale, ratio, hflip: float, mean, std,
-            g: torch.Generator) -> torch.Tensor:
-    """[3, size, size] float32, normalized with mean/std."""
+            g: torch.Generator, jitter: float = 0.0) -> torch.Tensor:
+    """[3, size, size] float32, normalized with mean/std (and colour-jittered when jitter > 0)."""
     top, left, h, w = crop_params(image.width, image.height, scale, ratio, g)
     image = F.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BICUBIC)
     if torch.rand(1, generator=g) < hflip:
         image = F.hflip(image)
+    if jitter > 0:  # no draws otherwise: runs without jitter keep their exact augmentation
+        image = color_jitter(image, jitter, g)
     return F.normalize(F.to_tensor(image), mean, std)

@@ -31,6 +31,7 @@ class DataConfig:
     scale: tuple = (0.2, 1.0)           # RandomResizedCrop area range
     ratio: tuple = (3 / 4, 4 / 3)       # RandomResizedCrop aspect range
     hflip: float = 0.5
+    color_jitter: float = 0.0           # brightness, contrast and saturation factors ~ U(1 − c, 1 + c); 0: none
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     synthetic_images: int = 1024        # size of the built-in synthetic set

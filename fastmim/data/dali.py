@@ -57,7 +57,7 @@ IMAGE_EXTENSIONS = "jpg;jpeg;png;webp;bmp;tif;tiff"
 def mim_pipeline(files=None, labels=None, tars=None, index_paths=None, shard_id=0, num_shards=1,
                  decoder_device="cpu", scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), img_size=224, hflip=0.5,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dtype=types.FLOAT,
-                 hw_decoder_load=0.65, resize=True):
+                 hw_decoder_load=0.65, resize=True, jitter=0.0):
     """Outputs (images, labels) for files, (images,) for webdataset shards. resize=False returns the raw
     decoded crops (HWC uint8), to inspect the crop windows."""
     if files is not None:
@@ -74,6 +74,9 @@ def mim_pipeline(files=None, labels=None, tars=None, index_paths=None, shard_id=
     if resize:
         images = fn.resize(images, resize_x=img_size, resize_y=img_size, interp_type=types.INTERP_CUBIC,
                            antialias=True)
+        if jitter > 0:  # brightness, contrast, saturation ~ U(1 - jitter, 1 + jitter) (DALI: in this order)
+            factor = lambda: fn.random.uniform(range=[max(0.0, 1 - jitter), 1 + jitter])  # noqa: E731
+            images = fn.color_twist(images, brightness=factor(), contrast=factor(), saturation=factor())
         images = fn.crop_mirror_normalize(
             images, dtype=dtype, output_layout="CHW", mean=[255 * m for m in mean], std=[255 * s for s in std],
             mirror=fn.random.coin_flip(probability=hflip))
@@ -156,7 +159,8 @@ class DaliLoader:
         kwargs = dict(
             decoder_device="mixed" if self.gpu else "cpu", scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
             img_size=cfg.img_size, hflip=cfg.hflip, mean=tuple(cfg.mean), std=tuple(cfg.std),
-            dtype=DTYPES[cfg.dali_dtype if self.gpu else "float32"][0], hw_decoder_load=cfg.dali_hw_decoder_load)
+            dtype=DTYPES[cfg.dali_dtype if self.gpu else "float32"][0], hw_decoder_load=cfg.dali_hw_decoder_load,
+            jitter=cfg.color_jitter)
         if self.files:
             kwargs["labels"], kwargs["files"] = self._epoch_files(epoch)
         else:

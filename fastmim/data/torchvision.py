@@ -40,7 +40,8 @@ class AugmentedImages(Dataset):
         g = torch.Generator()
         g.manual_seed(sample_seed(self.cfg.seed, epoch, index))
         cfg = self.cfg
-        return augment(image, cfg.img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.mean, cfg.std, g), None
+        return augment(image, cfg.img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.mean, cfg.std, g,
+                       cfg.color_jitter), None
 
 
 def collate(items):

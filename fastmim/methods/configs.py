@@ -63,7 +63,23 @@ class MRMAEConfig(MAEConfig):
     data_std: tuple = IMAGENET_STD
 
 
-METHOD_CONFIGS = {"maskalign": MaskAlignConfig, "mae": MAEConfig, "mrmae": MRMAEConfig}
+@dataclass
+class MaskDistillConfig(StudentConfig):
+    """MaskDistill (interpretation): a dense student with mask tokens predicts a teacher's normalized features at
+    the masked positions of BEiT v2's block masks."""
+    init_values: float = 0.1               # layer scale (timm's ls1/ls2.gamma); 0 or None: none
+    mask_ratio: float = 0.4                # block masks: M = int(N · mask_ratio) masked patches (78 of 196)
+    teacher: str = "clip_b16"              # clip_b16, or clip_l14 (at 196 px), or any timm ViT
+    teacher_weights: str = "hub"
+    teacher_kwargs: dict = field(default_factory=dict)
+    beta: float = 1.0                      # smooth-L1's beta (2.0 is the other published choice)
+    loss: str = "smooth_l1"                # smooth_l1/l2/l1/cosine, against the LayerNorm-normalized targets
+    data_mean: tuple = IMAGENET_MEAN
+    data_std: tuple = IMAGENET_STD
+
+
+METHOD_CONFIGS = {"maskalign": MaskAlignConfig, "mae": MAEConfig, "mrmae": MRMAEConfig,
+                  "maskdistill": MaskDistillConfig}
 
 
 def method_name(cfg) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .masks import num_kept
+from .masks import num_kept, num_masked
 
 
 @dataclass
@@ -79,6 +79,19 @@ def maskalign_step_flops(method) -> StepFlops:
         heads = 2 * levels * tokens * (s.embed_dim * s.embed_dim + s.embed_dim * t_dim)
     backward = 2 * (s_blocks + mix + heads) + s_patch
     return StepFlops(teacher_forward, s_patch + s_blocks, mix + heads, backward)
+
+
+def maskdistill_step_flops(method) -> StepFlops:
+    """The student on every token (1 + N: its patch embedding on the kept patches only), the head and the
+    teacher's last block at the M masked rows."""
+    s, teacher = method.student, method.teacher
+    masked = num_masked(s.num_patches, method.cfg.mask_ratio)
+    kept = s.num_patches - masked
+    s_patch = 2 * kept * s.patch_embed.proj.weight[0].numel() * s.embed_dim
+    s_blocks = s.depth * block_flops(1 + s.num_patches, s.embed_dim, s.blocks[0].mlp.fc1.out_features)
+    head = 2 * masked * s.embed_dim * teacher.embed_dim
+    teacher_forward = teacher_flops(teacher, [teacher.depth], False, masked)
+    return StepFlops(teacher_forward, s_patch + s_blocks, head, 2 * (s_blocks + head) + s_patch)
 
 
 def decoder_flops(decoder, encoder_dim: int, kept: int) -> float:

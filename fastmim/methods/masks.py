@@ -5,14 +5,20 @@ host synchronization. Methods pass it along; nothing keeps it as state.
 - `random`: MAE's masking, the argsort of uniform noise.
 - `attention`: drawn without replacement with probability ∝ the teacher's CLS importance (MaskAlign's default,
   MR-MAE's "focused mimicking"), by Gumbel-top-k.
+- `block`: BEiT v2's block-wise masking (MaskDistill), rectangles added until the masked count is reached
+  (fastmim.ops.block_mask: one kernel for the batch).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
-MASK_MODES = ("random", "attention")
+from fastmim import ops
+
+MASK_MODES = ("random", "attention", "block")
 
 
 @dataclass
@@ -53,6 +59,24 @@ def attention_mask(importance: torch.Tensor, mask_ratio: float, generator=None) 
     return split(scores.argsort(dim=1, descending=True), num_kept(importance.shape[1], mask_ratio))
 
 
+def num_masked(num_patches: int, mask_ratio: float) -> int:
+    """M = int(N·mask_ratio), the block masks' count: 78 of 196 at 0.4."""
+    if not 0 < mask_ratio < 1:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    return int(num_patches * mask_ratio)
+
+
+def block_mask(batch: int, grid_h: int, grid_w: int, mask_ratio: float, device, generator=None,
+               min_patches: int = 16, min_aspect: float = 0.3, attempts: int = 10) -> Mask:
+    """BEiT v2's block-wise masks with M = int(N·mask_ratio) masked patches (fastmim.ops.block_mask: rectangles
+    of at least `min_patches` patches and aspect in [min_aspect, 1/min_aspect], added until M are masked, topped
+    up at random), for the whole batch on `device`."""
+    masked = num_masked(grid_h * grid_w, mask_ratio)
+    keep, ids_masked = ops.block_mask(batch, grid_h, grid_w, masked, device, generator, min_patches, min_aspect,
+                                      attempts)
+    return Mask(keep, ids_masked)
+
+
 def draw_mask(mode: str, mask_ratio: float, batch: int, num_patches: int, device,
               importance: torch.Tensor | None = None, generator=None) -> Mask:
     if mode == "random":
@@ -61,4 +85,9 @@ def draw_mask(mode: str, mask_ratio: float, batch: int, num_patches: int, device
         if importance is None:
             raise ValueError("mask mode 'attention' needs the teacher's importance")
         return attention_mask(importance, mask_ratio, generator)
+    if mode == "block":
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(f"mask mode 'block' needs a square patch grid, got {num_patches} patches")
+        return block_mask(batch, side, side, mask_ratio, device, generator)
     raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")

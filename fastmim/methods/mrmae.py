@@ -18,9 +18,10 @@ from .base import MethodOutput
 from .configs import MRMAEConfig
 from .heads import xavier_linear
 from .mae import MAE
-from .masks import MASK_MODES, Mask, draw_mask
+from .masks import Mask, draw_mask
 
 LOSSES = ("smooth_l1", "l2", "l1", "cosine")
+MRMAE_MASK_MODES = ("random", "attention")  # the paper's two; block masks are MaskDistill's
 
 
 @dataclass
@@ -45,7 +46,8 @@ def check_options(cfg: MRMAEConfig) -> None:
         raise ValueError(f"teachers must name one or two teachers, got {list(cfg.teachers)}")
     for name in ("teacher_weights", "mimic_weights"):
         per_teacher(cfg, name)
-    for name, value, choices in (("mimic_loss", cfg.mimic_loss, LOSSES), ("mask_mode", cfg.mask_mode, MASK_MODES)):
+    for name, value, choices in (("mimic_loss", cfg.mimic_loss, LOSSES),
+                                 ("mask_mode", cfg.mask_mode, MRMAE_MASK_MODES)):
         if value not in choices:
             raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 

@@ -5,9 +5,10 @@ from .base import Method
 from .configs import method_name
 from .mae import MAE
 from .maskalign import MaskAlign
+from .maskdistill import MaskDistill
 from .mrmae import MRMAE
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (MaskAlign, MAE, MRMAE)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (MaskAlign, MAE, MRMAE, MaskDistill)}
 
 
 def build_method(cfg) -> Method:

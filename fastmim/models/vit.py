@@ -1,8 +1,13 @@
 """The student ViT: MAE-style encoder that embeds only the kept patches and returns every block's output.
 
+Two modes: `visible` (the CLS token and the kept patches: MaskAlign, MAE, MR-MAE) and `dense` (every patch, the
+masked ones replaced by a learned `mask_token` before the position embedding is added: MaskDistill, BEiT v2
+style). Optional layer scale (`init_values`).
+
 State-dict keys are timm's `vit_<size>_patch16_224` keys (patch_embed.proj, cls_token, pos_embed,
-blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}, norm), so a pretrained student loads into
-timm for fine-tuning with only the classifier head missing.
+blocks.i.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}, norm), so a pretrained student
+loads into timm (with `init_values` when it has layer scale) for fine-tuning with only the classifier head
+missing; `mask_token` is pretraining-only and not exported.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, LayerScale, Mlp
 
 from fastmim import ops
 
@@ -54,17 +59,20 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block with timm's parameter names."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, backend: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, backend: str,
+                 init_values: float | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, backend)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 def init_linears_and_norms(root: nn.Module) -> None:
@@ -98,7 +106,7 @@ class PatchEmbed(nn.Module):
 class VisionTransformer(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 attn_backend: str = "sdpa"):
+                 attn_backend: str = "sdpa", init_values: float | None = None, mask_token: bool = False):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
@@ -111,7 +119,10 @@ class VisionTransformer(nn.Module):
         # Fixed, not learned: a Parameter without grad (as MAE) so timm finds `pos_embed` in the state dict.
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid, self.grid)[None], requires_grad=False)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r, attn_backend) for r in rates)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r, attn_backend, init_values)
+                                    for r in rates)
+        # dense mode: what a masked patch's embedding is replaced by (before the position embedding)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if mask_token else None
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)  # kept for timm; MaskAlign levels are pre-norm
         self.reset_parameters()
 
@@ -120,6 +131,8 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(self.embed_dim, -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
         nn.init.normal_(self.cls_token, std=0.02)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
         init_linears_and_norms(self)
 
     def set_attention_backend(self, name: str, device) -> str:
@@ -141,6 +154,25 @@ class VisionTransformer(nn.Module):
         patches = ops.masked_patch_embed(images, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:])
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(images.shape[0], -1, -1)
         return torch.cat([cls.to(patches.dtype), patches], dim=1)
+
+    def embed_dense(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """CLS followed by all N patches [B, 1+N, D]: the kept ones embedded, the others `mask_token`, each plus its
+        position embedding. Equal to embedding every patch and then replacing the masked ones (BEiT v2), but only
+        the kept patches go through the patch embedding."""
+        if self.mask_token is None:
+            raise ValueError("dense mode needs a student built with mask_token=True")
+        kept = self.embed(images, ids_keep)
+        cls, patches = kept[:, :1], kept[:, 1:]
+        b, _, d = patches.shape
+        fill = (self.mask_token + self.pos_embed[:, 1:]).to(patches.dtype).expand(b, self.num_patches, d)
+        return torch.cat([cls, fill.scatter(1, ids_keep[..., None].expand(-1, -1, d), patches)], dim=1)
+
+    def encode_dense(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Every token's output [B, 1+N, D] after the final norm, the masked patches given as mask tokens."""
+        x = self.embed_dense(images, ids_keep)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
 
     def encode(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's output [B, 1+K, D] after the final norm (MAE's forward_encoder)."""

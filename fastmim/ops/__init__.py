@@ -27,5 +27,12 @@ def masked_pixel_loss(pred, images, ids, patch_size, norm_pix=True, eps=1e-6):
     return _implementation("masked_pixel_loss")(pred, images, ids, patch_size, norm_pix, eps)
 
 
-__all__ = ["masked_patch_embed", "dynamic_align", "align_loss", "masked_pixel_loss", "set_kernels", "kernels_mode",
+def block_mask(batch, grid_h, grid_w, masked, device, generator=None, min_patches=16, min_aspect=0.3, attempts=10):
+    """BEiT v2's block masks on `device`: (kept [B, N − M], masked [B, M]) ascending patch indices, exactly M masked
+    of the grid_h × grid_w patches in every sample (fastmim/ops/block_mask.py)."""
+    return _implementation("block_mask", device)(batch, grid_h, grid_w, masked, device, generator, min_patches,
+                                                 min_aspect, attempts)
+
+
+__all__ = ["block_mask", "masked_patch_embed", "dynamic_align", "align_loss", "masked_pixel_loss", "set_kernels", "kernels_mode",
            "fused_ops", "check_device_errors", "cls_and_kept_rows"]

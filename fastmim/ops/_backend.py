@@ -17,13 +17,14 @@ import torch
 
 from . import _extension, reference
 from . import align_loss as _align_loss
+from . import block_mask as _block_mask
 from . import dynamic_align as _dynamic_align
 from . import masked_patch_embed as _masked_patch_embed
 from . import masked_pixel_loss as _masked_pixel_loss
 
 MODES = ("auto", "fused", "reference")
 OP_MODULES = {"masked_patch_embed": _masked_patch_embed, "align_loss": _align_loss, "dynamic_align": _dynamic_align,
-              "masked_pixel_loss": _masked_pixel_loss}
+              "masked_pixel_loss": _masked_pixel_loss, "block_mask": _block_mask}
 _fused: list = []   # [namespace or None] once loaded
 _warned: list = []
 
@@ -66,7 +67,8 @@ def kernels_mode() -> str:
     return _mode
 
 
-def implementation(name: str):
+def implementation(name: str, device=None):
+    """The function computing op `name`: for the inputs' device when they are tensors, or for `device`."""
     if _mode == "reference":
         return getattr(reference, name)
     fused = fused_ops()
@@ -75,18 +77,23 @@ def implementation(name: str):
             set_kernels("fused")  # raises, saying why
         _warn_once(f"the compiled kernels are not available ({_extension.load_error()})")
         return getattr(reference, name)
+    if device is not None:
+        return _on_device(name, torch.device(device))
     return functools.partial(_by_device, name)
 
 
 def _by_device(name: str, first, *args):
-    """The kernels where they can run on the inputs' device; elsewhere the reference (auto) or an error (fused)."""
-    device = first.device
+    return _on_device(name, first.device)(first, *args)
+
+
+def _on_device(name: str, device: torch.device):
+    """The kernels where they can run on `device`; elsewhere the reference (auto) or an error (fused)."""
     if device.type == "cuda" and not _extension.runs_on(device):
         if _mode == "fused":
             raise RuntimeError(f"kernels='fused': {_extension.why_not(device)}")
         _warn_once(_extension.why_not(device))
-        return getattr(reference, name)(first, *args)
-    return getattr(fused_ops(), name)(first, *args)
+        return getattr(reference, name)
+    return getattr(fused_ops(), name)
 
 
 def _warn_once(why: str) -> None:

@@ -10,7 +10,7 @@ import throughput  # noqa: E402
 
 
 @pytest.mark.parametrize("method,teacher_size", [("maskalign", "tiny"), ("maskalign", "base"), ("mae", "tiny"),
-                                                 ("mrmae", "tiny")])
+                                                 ("mrmae", "tiny"), ("maskdistill", "tiny")])
 def test_the_two_paths_compute_the_same_loss(method, teacher_size):
     args = throughput.parse_args(["--method", method, "--model", "tiny", "--teacher-size", teacher_size,
                                   "--img-size", "64", "--dtype", "fp32", "--device", "cpu"])
@@ -26,7 +26,7 @@ def test_the_two_paths_compute_the_same_loss(method, teacher_size):
                                    reference.frozen_pass(images).importance, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("method", ["maskalign", "mae"])
+@pytest.mark.parametrize("method", ["maskalign", "mae", "maskdistill"])
 def test_benchmark_runs_end_to_end_and_writes_its_json(tmp_path, method):
     out = tmp_path / "result.json"
     throughput.main(["--method", method, "--model", "tiny", "--teacher-size", "tiny", "--img-size", "64",

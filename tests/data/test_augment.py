@@ -48,3 +48,19 @@ def test_flip_probability_and_global_rng_untouched():
                     torch.Generator().manual_seed(seed))
         flips += bool(x[:, :, -1].mean() > x[:, :, 0].mean())
     assert abs(flips / 200 - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 200)
+
+
+def test_color_jitter_scales_brightness_within_its_range_and_is_off_by_default():
+    """On a flat grey image contrast and saturation change nothing, so each output is the grey times the
+    brightness factor ~ U(0.6, 1.4); without jitter the augmentation draws nothing more (its output is as before)."""
+    grey = Image.new("RGB", (48, 48), (100, 100, 100))
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def run(seed, jitter):
+        return augment(grey, 16, (0.5, 1.0), (0.75, 1.33), 0.5, mean, std, torch.Generator().manual_seed(seed), jitter)
+
+    plain = run(0, 0.0)
+    torch.testing.assert_close(plain, torch.full_like(plain, 100 / 255), atol=1 / 255, rtol=0)
+    levels = torch.tensor([run(seed, 0.4).mean().item() * 255 / 100 for seed in range(60)])
+    assert levels.min() >= 0.6 - 0.02 and levels.max() <= 1.4 + 0.02
+    assert levels.min() < 0.75 and levels.max() > 1.25 and levels.std() > 0.15  # a spread, not a fixed factor

@@ -264,3 +264,18 @@ def test_gpu_mixed_decode(folder, dtype):
     resumed = DaliLoader(config(folder, dali_dtype=dtype), device=device)
     resumed.load_state_dict(loader.state_dict())
     assert same(head + list(resumed.batches_with_ids()), straight)
+
+
+def test_color_jitter_changes_colours_within_its_range(folder):
+    """The same crops with and without jitter (one seed): jittered images differ, by a factor in range."""
+    def mean_levels(jitter):
+        pipe = mim_pipeline(files=find_images(folder), labels=list(range(32)), img_size=32, batch_size=32,
+                            num_threads=2, device_id=None, seed=1, jitter=jitter, mean=(0, 0, 0), std=(1, 1, 1),
+                            hflip=0.0)
+        pipe.build()
+        images, _ = pipe.run()
+        return torch.tensor([float(images.as_array()[i].mean()) for i in range(32)])
+
+    plain, jittered = mean_levels(0.0), mean_levels(0.4)
+    ratio = jittered / plain
+    assert (ratio - 1).abs().max() > 0.1 and ratio.min() > 0.2 and ratio.max() < 2.5, ratio

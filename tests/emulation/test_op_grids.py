@@ -11,7 +11,7 @@ import sys
 from .helpers import ROOT, environment, library, sanitizer_report
 
 GRIDS = ["tests/ops/test_align_loss.py", "tests/ops/test_masked_patch_embed.py", "tests/ops/test_dynamic_align.py",
-         "tests/ops/test_masked_pixel_loss.py",
+         "tests/ops/test_masked_pixel_loss.py", "tests/ops/test_block_mask.py",
          "tests/emulation/emulated"]
 MINIMUM = 300  # tests the grids hold today; fewer means something stopped being collected
 

@@ -6,10 +6,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from fastmim import ops
-from fastmim.methods.configs import MAEConfig, MRMAEConfig
-from fastmim.methods.flops import mae_step_flops, maskalign_step_flops, mrmae_step_flops
+from fastmim.methods.configs import MAEConfig, MaskDistillConfig, MRMAEConfig
+from fastmim.methods.flops import mae_step_flops, maskalign_step_flops, maskdistill_step_flops, mrmae_step_flops
 from fastmim.methods.mae import MAE
 from fastmim.methods.maskalign import MaskAlign
+from fastmim.methods.maskdistill import MaskDistill
 from fastmim.methods.mrmae import MRMAE
 from tests.conftest import tiny_config
 
@@ -75,3 +76,12 @@ def test_mrmae(teachers, mask_mode):
     torch.manual_seed(0)
     method = MRMAE(MRMAEConfig(**TINY, **TEACHER, teachers=teachers, mask_mode=mask_mode))
     check(method, mrmae_step_flops(method), torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("teacher", ["vit_tiny_patch16_224", "vit_small_patch14_reg4_dinov2"])
+def test_maskdistill(teacher):
+    torch.manual_seed(0)
+    tiny = {k: v for k, v in TINY.items() if not k.startswith("decoder")}
+    method = MaskDistill(MaskDistillConfig(**tiny, teacher=teacher, teacher_weights="random",
+                                           teacher_kwargs=dict(depth=3)))
+    check(method, maskdistill_step_flops(method), torch.randn(2, 3, 64, 64))

@@ -1,10 +1,13 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from fastmim.methods.masks import attention_mask, draw_mask, num_kept, random_mask
+from fastmim.methods.masks import attention_mask, block_mask, draw_mask, num_kept, random_mask
+
+from .beit_masking import components
 
 
 def exact_inclusion(p: torch.Tensor, keep: int) -> torch.Tensor:
@@ -59,6 +62,8 @@ def test_kept_count_and_bad_ratio():
             num_kept(196, ratio)
     with pytest.raises(ValueError, match="mask mode must be one of"):
         draw_mask("cube", 0.5, 1, 4, "cpu")
+    with pytest.raises(ValueError, match="square patch grid"):
+        draw_mask("block", 0.4, 1, 12, "cpu")
     with pytest.raises(ValueError, match="needs the teacher's importance"):
         draw_mask("attention", 0.5, 1, 4, "cpu")
 
@@ -78,3 +83,36 @@ def test_the_same_seed_draws_the_same_mask():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     a, b = random_mask(4, 49, 0.75, "cpu", g1), random_mask(4, 49, 0.75, "cpu", g2)
     assert torch.equal(a.ids_keep, b.ids_keep) and torch.equal(a.ids_masked, b.ids_masked)
+
+
+# --- block masks (their law against BEiT v2's loop: tests/ops/test_block_mask.py) ---------------------------------
+
+def mean_components(ids: torch.Tensor, draws: int) -> tuple[float, float]:
+    """(mean number of 4-connected masked components, mean size of the largest) of [draws, M] masked ids."""
+    grids = torch.zeros(draws, 196, dtype=torch.int32).scatter_(1, ids, 1).view(-1, 14, 14).numpy()
+    sizes = [components(g) for g in grids]
+    return float(np.mean([len(s) for s in sizes])), float(np.mean([max(s) for s in sizes]))
+
+
+def test_block_masks_are_blocks_not_noise():
+    """A check the statistics test could not fail without: random masks have many more, smaller components."""
+    draws = 500
+    block = block_mask(draws, 14, 14, 0.4, "cpu", torch.Generator().manual_seed(2))
+    scattered = random_mask(draws, 196, 0.4, "cpu", torch.Generator().manual_seed(2))  # 79 masked, uniformly
+    n_block, big_block = mean_components(block.ids_masked, draws)
+    n_random, big_random = mean_components(scattered.ids_masked, draws)
+    assert n_block < 0.5 * n_random and big_block > 2 * big_random
+
+
+def test_block_masks_are_deterministic_under_a_seeded_generator():
+    a = block_mask(16, 14, 14, 0.4, "cpu", torch.Generator().manual_seed(3))
+    b = block_mask(16, 14, 14, 0.4, "cpu", torch.Generator().manual_seed(3))
+    assert torch.equal(a.ids_masked, b.ids_masked) and torch.equal(a.ids_keep, b.ids_keep)
+    everything = torch.cat([a.ids_keep, a.ids_masked], dim=1).sort(dim=1).values
+    assert torch.equal(everything, torch.arange(196).expand(16, -1))
+
+
+@pytest.mark.cuda
+def test_block_masks_on_the_gpu_are_drawn_there():
+    mask = block_mask(64, 14, 14, 0.4, "cuda")
+    assert mask.ids_masked.is_cuda and mask.ids_masked.shape == (64, 78)

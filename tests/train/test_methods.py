@@ -19,7 +19,7 @@ from fastmim.pretrain import main
 from fastmim.train.checkpoint import load_checkpoint
 from tests.train.helpers import metrics, pretrain, summary
 
-DEMOS = {"demo_mae": ("pixel",), "demo_mrmae": ("pixel", "mimic_vit_tiny_patch16_224")}
+DEMOS = {"demo_mae": ("pixel",), "demo_mrmae": ("pixel", "mimic_vit_tiny_patch16_224"), "demo_maskdistill": ("distill",)}
 
 
 @pytest.mark.parametrize("recipe", DEMOS)
@@ -73,17 +73,22 @@ def test_two_process_torchrun_trains_mrmae(tmp_path):
     assert "mimic_vit_tiny_patch16_224" in metrics(tmp_path)[-1]
 
 
-@pytest.mark.parametrize("recipe", ["demo_mae", "demo_mrmae"])
-def test_exported_student_loads_into_timm(tmp_path, recipe):
-    # timm's vit_tiny_patch16_224 dimensions at 64 px
+@pytest.mark.parametrize("recipe", ["demo_mae", "demo_mrmae", "demo_maskdistill"])
+def test_exported_student_loads_into_timm(tmp_path, recipe, capsys):
+    """With the call the export prints (timm's vit_tiny_patch16_224 at 64 px; layer scale for MaskDistill)."""
     pretrain(tmp_path, "--recipe", recipe, "--max-steps", "2", "--set", "method.student_kwargs={}",
              "--set", "method.patch_size=16")
     out = tmp_path / "student.safetensors"
     export_main([str(tmp_path / "checkpoints" / "last.pt"), "--out", str(out)])
-    model = timm.create_model("vit_tiny_patch16_224", img_size=64, checkpoint_path=str(out))  # strict load
+    call = capsys.readouterr().out.strip().split("load it with ")[1]
+    layer_scale = recipe == "demo_maskdistill"
+    assert ("init_values=0.1" in call) == layer_scale, call
+    model = eval(call, {"timm": timm})  # strict load: no missing or unexpected key
     trained = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["method"]
-    torch.testing.assert_close(model.norm.weight, trained["student.norm.weight"])  # MAE's encoder norm trains
-    assert not any(k.startswith("decoder") or k.startswith("mimic") for k in load_file(str(out)))
+    torch.testing.assert_close(model.norm.weight, trained["student.norm.weight"])  # the final norm trains
+    if layer_scale:
+        torch.testing.assert_close(model.blocks[1].ls2.gamma, trained["student.blocks.1.ls2.gamma"])
+    assert not any(k.startswith(("decoder", "mimic", "mask_token")) for k in load_file(str(out)))
 
 
 def test_mae_vit_base_encoder_is_timms_vit_base_patch16_224():
