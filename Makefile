@@ -30,8 +30,11 @@ emulation: $(STAMP)
 test: $(STAMP) emulation
 	$(PY) -m pytest -q
 
+# The demo writes outside the checkout, afresh each time (DEMO_OUT=DIR to choose the folder).
+DEMO_OUT ?= $(or $(TMPDIR),/tmp)/fastmim-demo
 demo: $(STAMP)
-	$(PY) -m fastmim.pretrain --output runs/demo
+	@echo "make demo: writing into $(DEMO_OUT)"
+	$(PY) -m fastmim.pretrain --output $(DEMO_OUT) --resume never --set train.overwrite=true
 
 clean:
 	rm -rf build *.egg-info fastmim/*.so runs

@@ -1,6 +1,6 @@
 """Input pipeline throughput: images/s of each data backend on the same JPEG folder.
 
-    python benchmarks/dataloader.py --workers 2 --threads 2            # writes benchmarks/results/dataloader_<device>.*
+    python benchmarks/dataloader.py --workers 2 --threads 2 --out-dir benchmarks/results   # writes dataloader_<device>.*
 
 Rows: DALI on the CPU (CPU decoder, `--threads` threads), DALI on the GPU (`mixed` decoder; only when a GPU is
 present), the torchvision DataLoader (`--workers` worker processes, PIL decode) and the built-in synthetic set
@@ -51,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="timed epochs per backend (medians reported)")
     p.add_argument("--backends", default="dali-cpu,dali-gpu,torchvision,synthetic",
                    help="comma-separated subset of dali-cpu, dali-gpu, torchvision, synthetic")
-    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where dataloader_<device>.csv/.json go")
+    p.add_argument("--out-dir", type=Path, help="write dataloader_<device>.csv/.json into this folder (default: "
+                   f"print only; {RESULTS.parent.name}/{RESULTS.name} holds the committed results)")
     return p.parse_args(argv)
 
 
@@ -164,7 +165,8 @@ def main(argv=None) -> dict:
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "source_images": "generated" if args.data is None else str(args.data),
               "results": rows, "ratios": ratios}
-    write(result, args.out_dir, device)
+    if args.out_dir is not None:
+        write(result, args.out_dir, device)
     print_rows(result)
     return result
 

@@ -58,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians reported)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", type=Path, help="CSV path (default benchmarks/results/kernels_<device>_<dtype>.csv)")
+    p.add_argument("--out", type=Path, help="write the CSV here (default: print only; the committed files in "
+                   "benchmarks/results are never overwritten unless named)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     p.add_argument("--probe", nargs=2, metavar=("OP", "VARIANT"), help=argparse.SUPPRESS)  # internal (CPU memory)
     return p.parse_args(argv)
@@ -309,10 +310,12 @@ def main(argv=None) -> int:
         return 0
     rows = run(args)
     device_kind = "cuda" if "CPU:" not in rows[0]["device"] else "cpu"
-    out = args.out or RESULTS / f"kernels_{device_kind}_{args.dtype}.csv"
-    write_csv(rows, out)
     print_table(rows)
-    print(f"written: {out}")
+    if args.out is None:  # the committed results are only replaced when asked to
+        print(f"no file written (--out benchmarks/{RESULTS.name}/kernels_{device_kind}_{args.dtype}.csv keeps the result)")
+        return 0
+    write_csv(rows, args.out)
+    print(f"written: {args.out}")
     return 0
 
 

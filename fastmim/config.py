@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from fastmim.data.base import DataConfig
+from fastmim.config_values import ConfigValueError, coerce, declared_type, plain_number
+from fastmim.data_config import DataConfig
 from fastmim.methods.configs import METHOD_CONFIGS, MaskAlignConfig, method_name
 
 
@@ -39,9 +40,11 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20               # steps between gathered losses / metric lines (the only host syncs)
     checkpoint_every: int = 1000      # steps between checkpoints (and one at the end)
+    checkpoint_minutes: float | None = None  # also checkpoint when this many minutes passed since the last one
     keep_checkpoints: int = 2         # step-numbered checkpoints kept besides last.pt
     max_nonfinite: int = 20           # abort after this many non-finite losses in a row
     tensorboard: bool = False
+    overwrite: bool = False           # with resume=never: clear a folder that holds a run before starting
 
 
 @dataclass
@@ -80,22 +83,35 @@ def from_dict(data: dict) -> Config:
 
 
 def set_field(cfg, dotted: str, value) -> None:
-    """Set `section.field` (e.g. method.mask_ratio) to a value, converting lists to the tuples the config holds."""
+    """Set `section.field` (e.g. method.mask_ratio), or a key inside a dict field (method.student_kwargs.depth),
+    to `value` converted to the field's declared type (ConfigValueError naming the field otherwise)."""
     *path, name = dotted.split(".")
-    target = cfg
+    target, walked = cfg, []
     for part in path:
-        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
-            raise KeyError(f"--set {dotted}: no config section {part!r}; sections: {section_names(cfg)}")
-        target = getattr(target, part)
-    if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
-        fields = sorted(f.name for f in dataclasses.fields(target)) if dataclasses.is_dataclass(target) else []
-        raise KeyError(f"--set {dotted}: unknown field {name!r}; known: {', '.join(fields) or section_names(cfg)}")
-    current = getattr(target, name)
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    setattr(target, name, value)
+        if isinstance(target, dict):  # a key path inside a dict field: create what is missing
+            target = target.setdefault(part, {})
+        elif dataclasses.is_dataclass(target) and part in {f.name for f in dataclasses.fields(target)}:
+            target = getattr(target, part)
+        else:
+            raise ConfigValueError(unknown(cfg, target, walked, part))
+        walked.append(part)
+        if not isinstance(target, dict) and not dataclasses.is_dataclass(target):
+            raise ConfigValueError(f"{'.'.join(walked)} is a value, not a section: there is no {dotted}")
+    if isinstance(target, dict):
+        target[name] = plain_number(value)
+        return
+    if name not in {f.name for f in dataclasses.fields(target)}:
+        raise ConfigValueError(unknown(cfg, target, walked, name))
+    setattr(target, name, coerce(value, declared_type(target, name), dotted))
+
+
+def unknown(cfg, target, walked: list[str], name: str) -> str:
+    where = ".".join(walked) or "the configuration"
+    if dataclasses.is_dataclass(target):
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(target)))
+    else:
+        known = section_names(cfg)
+    return f"unknown field {name!r} in {where}; known: {known}"
 
 
 def section_names(cfg) -> str:
@@ -111,3 +127,50 @@ def parse_assignment(text: str) -> tuple[str, object]:
         return key.strip(), yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as error:
         raise ValueError(f"--set {text!r}: the value is not valid YAML ({error})") from error
+
+
+# Dotted names of the fields a resumed run may change (how it is run and reported); every other field defines
+# the run and must match its checkpoint (fastmim.train.resume_check).
+MAY_CHANGE_ON_RESUME = (
+    "train.max_steps", "train.log_every", "train.checkpoint_every", "train.checkpoint_minutes",
+    "train.keep_checkpoints", "train.output", "train.tensorboard", "train.resume", "train.overwrite",
+    "train.kernels", "train.compile", "train.max_nonfinite", "train.device",
+    "data.workers", "data.pin_memory", "data.dali_hw_decoder_load", "data.dali_prefetch", "data.path",
+    "method.attn_backend", "method.teacher_weights",
+)
+
+# (field, smallest value, the flag that sets it): checked before any work, so a bad value is a usage error
+MINIMUMS = (
+    ("train.epochs", 1, "--epochs"), ("train.max_steps", 1, "--max-steps"), ("train.log_every", 1, None),
+    ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 0, None), ("train.max_nonfinite", 1, None),
+    ("optim.accum_steps", 1, None), ("data.batch_size", 1, "--batch-size"), ("data.workers", 0, None),
+    ("data.img_size", 1, None), ("optim.warmup_epochs", 0, None), ("optim.min_lr", 0, None),
+)
+POSITIVE = (("optim.base_lr", None), ("optim.clip_grad", None), ("train.checkpoint_minutes", None))
+CHOICES = {"train.device": ("auto", "cpu", "cuda"), "train.kernels": ("auto", "fused", "reference"),
+           "train.precision": ("auto", "bf16", "fp32")}
+
+
+def get_field(cfg, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_config(cfg: Config) -> None:
+    """Value ranges the types cannot say (ConfigValueError naming the field and its flag)."""
+    def name(dotted, flag):
+        return f"{flag} ({dotted})" if flag else dotted
+
+    for dotted, least, flag in MINIMUMS:
+        value = get_field(cfg, dotted)
+        if value is not None and value < least:
+            raise ConfigValueError(f"{name(dotted, flag)} must be at least {least}, got {value}")
+    for dotted, flag in POSITIVE:
+        value = get_field(cfg, dotted)
+        if value is not None and not value > 0:
+            raise ConfigValueError(f"{name(dotted, flag)} must be positive, got {value}")
+    for dotted, choices in CHOICES.items():
+        if get_field(cfg, dotted) not in choices:
+            raise ConfigValueError(f"{dotted} must be one of {', '.join(choices)}, got {get_field(cfg, dotted)!r}")

@@ -43,12 +43,11 @@ def coerce(value, annotation, where: str):
         if nullable or annotation is object:
             return None
         raise ConfigValueError(f"{where} is {type_name(annotation)} and cannot be null")
-    errors = []
     for member in members:
         try:
             return coerce_one(value, member)
-        except (TypeError, ValueError) as error:
-            errors.append(str(error))
+        except (TypeError, ValueError):
+            continue
     raise ConfigValueError(f"{where} must be {type_name(annotation)}, got {value!r}")
 
 

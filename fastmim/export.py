@@ -9,10 +9,13 @@ finds every key (fine-tuning re-initializes the head anyway; `--head-classes 0` 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
+
+from fastmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 PRETRAINING_ONLY = ("mask_token",)  # the dense student's token for masked patches: timm's ViT has none
@@ -26,15 +29,24 @@ def student_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
             if k.startswith(prefix) and k[len(prefix):] not in PRETRAINING_ONLY}
 
 
-def timm_call(checkpoint: dict, path: str) -> str:
-    """The timm call that rebuilds this student (its size's timm name; img_size when it is not 224, init_values
-    when it has layer scale)."""
+def timm_arguments(checkpoint: dict) -> tuple[str, dict]:
+    """(timm model name, keyword arguments) that rebuild this student: its size's timm name; img_size when it is
+    not 224, init_values when it has layer scale."""
     method = checkpoint.get("config", {}).get("method", {})
     size, patch, img = method.get("student", "base"), method.get("patch_size", 16), method.get("img_size", 224)
-    extra = "".join(f", {k}={v!r}" for k, v in method.get("student_kwargs", {}).items())
-    extra += f", init_values={method['init_values']!r}" if method.get("init_values") else ""
-    extra += f", img_size={img}" if img != 224 else ""
-    return f"timm.create_model('vit_{size}_patch{patch}_224'{extra}, checkpoint_path={path!r})"
+    kwargs = dict(method.get("student_kwargs", {}))
+    if method.get("init_values"):
+        kwargs["init_values"] = method["init_values"]
+    if img != 224:
+        kwargs["img_size"] = img
+    return f"vit_{size}_patch{patch}_224", kwargs
+
+
+def timm_call(checkpoint: dict, path: str) -> str:
+    """The timm call that rebuilds this student."""
+    name, kwargs = timm_arguments(checkpoint)
+    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    return f"timm.create_model({name!r}{extra}, checkpoint_path={path!r})"
 
 
 def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 1000) -> str:
@@ -51,7 +63,12 @@ def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 100
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "source": "fastmim"})
+    name, kwargs = timm_arguments(checkpoint)
+    data = checkpoint.get("config", {}).get("data", {})
+    metadata = {"format": "pt", "source": "fastmim", "timm_model": name, "timm_kwargs": json.dumps(kwargs),
+                "mean": json.dumps(list(data.get("mean", IMAGENET_MEAN))),
+                "std": json.dumps(list(data.get("std", IMAGENET_STD)))}  # what fastmim.evaluate rebuilds it from
+    save_file(state, str(tmp), metadata=metadata)
     tmp.replace(out)
     return timm_call(checkpoint, str(out))
 

@@ -8,9 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastmim.config import Config, parse_assignment, set_field, to_yaml
+from pathlib import Path
+
+import yaml
+
+from fastmim.config import Config, check_config, from_dict, parse_assignment, set_field, to_yaml
 from fastmim.methods.configs import method_name
 from fastmim.recipes import RECIPES, describe, recipe
+
+INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shells' 128 + signal number
 
 EPILOG = """examples:
   python -m fastmim.pretrain                                   # the CPU demo on synthetic images
@@ -19,6 +25,7 @@ EPILOG = """examples:
       --data /data/imagenet/train --output runs/vitb
   python -m fastmim.pretrain --recipe demo --set method.mask_ratio=0.75 --set optim.clip_grad=3.0
   python -m fastmim.pretrain --recipe maskalign_vit_base_clip_b16 --print-config
+  python -m fastmim.pretrain --config runs/demo/config.yaml --max-steps 500   # a run's settings, changed
 """
 
 
@@ -28,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Masked image modeling pretraining: MaskAlign, MAE, MR-MAE, MaskDistill. "
         "The recipe names the method and its settings; flags override the recipe; --set overrides any config field.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="demo", choices=list(RECIPES), metavar="NAME",
+    p.add_argument("--recipe", choices=list(RECIPES), metavar="NAME",
                    help="named configuration to start from, which also names the method (default: demo; "
                    "--list-recipes shows them all)")
+    p.add_argument("--config", metavar="FILE", help="start from this YAML configuration instead of a recipe: a "
+                   "config.yaml a run wrote, or one of your own (fields it leaves out keep their defaults)")
     p.add_argument("--data", metavar="PATH", help="ImageFolder root (class subfolders of images), a flat image "
                    "folder, or a text file listing one image path per line; omit for the built-in synthetic set")
     p.add_argument("--output", metavar="DIR", help="folder for config.yaml, metrics.jsonl, checkpoints/, "
@@ -41,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, metavar="N", help="images per process per micro-batch; the learning "
                    "rate is base_lr × global batch / 256")
     p.add_argument("--resume", metavar="auto|never|PATH", help="auto (default): continue from DIR/checkpoints/last.pt "
-                   "if present; never: start from scratch (DIR's logs are overwritten); PATH: that checkpoint")
+                   "if present (its configuration must match, but for max_steps, logging and checkpoint cadence); "
+                   "never: start from scratch, refused where DIR holds a run unless --set train.overwrite=true, "
+                   "which clears it first; PATH: that checkpoint")
     p.add_argument("--kernels", choices=["auto", "fused", "reference"], help="fastmim's fused kernels (fused), the "
                    "plain-PyTorch references (reference) or the kernels when built (auto, default)")
     p.add_argument("--data-backend", choices=["auto", "dali", "torchvision", "synthetic"], help="input pipeline: "
@@ -54,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (auto: CUDA when available)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the student's and the teacher's blocks (the first steps are slow while it compiles)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field, e.g. "
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field (checked "
+                   "against its type; dict fields by dotted path), e.g. "
                    "method.mask_ratio=0.75, optim.base_lr=1e-4, train.log_every=50 (repeatable; see --print-config)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
     p.add_argument("--list-recipes", action="store_true", help="list the recipes with their method and exit")
@@ -84,8 +96,29 @@ def set_teacher_flags(cfg: Config, teacher: str | None, weights: str | None) -> 
             set_field(cfg, f"method.{single}", value)
 
 
+def starting_config(args: argparse.Namespace) -> Config:
+    """The recipe, or the --config file."""
+    if args.config is None:
+        return recipe(args.recipe or "demo")
+    if args.recipe is not None:
+        raise ValueError("--config and --recipe both name a starting configuration: give one")
+    path = Path(args.config)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ValueError(f"--config {args.config!r}: cannot read it ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {args.config!r}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {args.config!r}: expected a mapping of sections (method, data, optim, train)")
+    try:
+        return from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"--config {args.config!r}: {error}") from error
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
-    cfg = recipe(args.recipe)
+    cfg = starting_config(args)
     for flag, dotted in FLAG_FIELDS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -96,6 +129,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     for assignment in args.set:
         key, value = parse_assignment(assignment)
         set_field(cfg, key, value)
+    check_config(cfg)
     return cfg
 
 
@@ -104,24 +138,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list_recipes:
         for name in RECIPES:
-            print(f"{name:32} {method_name(recipe(name).method):10} {describe(name)}")
+            print(f"{name:32} {method_name(recipe(name).method):12} {describe(name)}")
         return 0
     try:
         cfg = resolve_config(args)
     except (KeyError, ValueError) as error:
-        parser.error(str(error).strip('"'))
+        parser.exit(2, f"{parser.prog}: error: {str(error).strip(chr(34))}\n")
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0
-    from fastmim.train.trainer import Trainer  # heavy imports only when training
-
     from fastmim.ops.selfcheck import KernelMismatchError
+    from fastmim.train.trainer import Interrupted, Trainer  # heavy imports only when training
 
     try:
         trainer = Trainer(cfg)  # everything that can be wrong with the input is found here, before any work
     except (FileNotFoundError, ValueError, KernelMismatchError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    trainer.run()
+    try:
+        trainer.run()
+    except Interrupted as stop:
+        return INTERRUPTED[stop.signal_name]
     return 0
 
 

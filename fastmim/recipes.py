@@ -3,7 +3,7 @@ The official ones follow the papers' settings (MaskAlign, MAE) or fastmim's read
 from __future__ import annotations
 
 from fastmim.config import Config
-from fastmim.data.base import DataConfig
+from fastmim.data_config import DataConfig
 from fastmim.methods.configs import MAEConfig, MaskAlignConfig, MaskDistillConfig, MRMAEConfig
 
 

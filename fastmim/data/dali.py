@@ -110,9 +110,11 @@ class DaliLoader:
         if self.files:
             self.sampler = ShardedBatchSampler(len(self.files), cfg.batch_size, rank, world_size, cfg.seed)
             self._len = len(self.sampler)
+            self.num_images = len(self.files)
         else:  # the sample count of webdataset shards is known once DALI has indexed them
             self._pipe = (0, self._build(0, None))
-            self._len = (self._pipe[1].reader_meta("Reader")["epoch_size"] // world_size) // cfg.batch_size
+            self.num_images = self._pipe[1].reader_meta("Reader")["epoch_size"]
+            self._len = (self.num_images // world_size) // cfg.batch_size
 
     # --- ImageLoader ----------------------------------------------------------------------------------------
     def __len__(self) -> int:

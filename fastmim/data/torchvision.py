@@ -59,6 +59,7 @@ class TorchvisionLoader:
         if cfg.workers < 0:
             raise ValueError(f"data.workers must be >= 0, got {cfg.workers}")
         self.cfg = cfg
+        self.num_images = len(source)
         self.batches = ShardedBatchSampler(len(source), cfg.batch_size, rank, world_size, cfg.seed)
         pin = bool(cfg.pin_memory) and torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.loader = DataLoader(

@@ -83,7 +83,7 @@ class Method(nn.Module):
         """Move to `device`, choose the attention backend for it, keep the frozen teachers in bf16 when training
         in bf16 (half the memory traffic), and torch.compile the blocks when asked."""
         self.to(device)
-        self.set_attention_backend(self.cfg.attn_backend, device)
+        self.attention = self.set_attention_backend(self.cfg.attn_backend, device)  # the backend chosen
         if precision == "bf16":
             for teacher in self.teachers:
                 teacher.to(torch.bfloat16)

@@ -20,6 +20,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from fastmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
 from .teacher_last_block import DrawFn, LastBlockOutput, RowsFn, draw_outside_inference, last_block
+from .teacher_hub import create_from_hub
 from .teacher_weights import load_teacher_weights
 
 # OpenAI CLIP was trained with QuickGELU: the timm names without `quickgelu` give wrong features.
@@ -117,12 +118,22 @@ class Teacher(nn.Module):
                              "fused-qkv Attention, which the CLS-row importance needs")
 
     def _build(self, grid: int, weights: str, timm_kwargs: dict) -> TimmViT:
-        with torch.device("meta"):  # only to read the patch size; allocates nothing
-            architecture = timm.create_model(self.model_name.split(".")[0], pretrained=False, **timm_kwargs)
+        try:
+            with torch.device("meta"):  # only to read the patch size; allocates nothing
+                architecture = timm.create_model(self.model_name.split(".")[0], pretrained=False, **timm_kwargs)
+        except TypeError as error:  # e.g. a ViT option given to a CNN
+            raise ValueError(f"teacher {self.model_name!r}: timm cannot build it with {timm_kwargs} ({error}); the "
+                             "teacher must be a timm VisionTransformer, e.g. clip_b16") from error
+        if not isinstance(architecture, TimmViT):
+            raise ValueError(f"teacher {self.model_name!r} is not a timm VisionTransformer (a ViT is needed: its "
+                             "tokens are the targets), e.g. vit_base_patch16_clip_224.openai or clip_b16")
         patch = architecture.patch_embed.patch_size[0]
         self.img_size = grid * patch  # the teacher's grid must equal the student's
-        model = timm.create_model(self.model_name, pretrained=(weights == "hub"), num_classes=0,
-                                  img_size=self.img_size, **timm_kwargs)
+        kwargs = dict(num_classes=0, img_size=self.img_size, **timm_kwargs)
+        if weights == "hub":
+            model = create_from_hub(self.model_name, self.model_name, **kwargs)
+        else:
+            model = timm.create_model(self.model_name, pretrained=False, **kwargs)
         if not isinstance(model, TimmViT) or not model.has_class_token:
             raise ValueError(f"teacher {self.model_name!r} is not a timm VisionTransformer with a CLS token")
         if weights not in ("hub", "random"):

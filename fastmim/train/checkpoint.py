@@ -38,14 +38,22 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
     return folder / LAST
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (truncated, not a checkpoint): a usage error naming the file."""
+
+
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise RuntimeError(f"checkpoint {str(path)!r} could not be read: {error}") from error
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be read (truncated or not a checkpoint): "
+                              f"{error}") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a fastmim checkpoint")
+    return state
 
 
 def resolve_resume(resume: str, folder: Path) -> Path | None:

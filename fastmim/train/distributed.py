@@ -24,7 +24,8 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+        raise ValueError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)

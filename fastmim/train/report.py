@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 
+def finite_or_none(value):
+    """JSON has no NaN or infinity: a value that is not finite is written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_summary(folder: Path, summary: dict) -> None:
-    (Path(folder) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    clean = {key: finite_or_none(value) for key, value in summary.items()}
+    (Path(folder) / "summary.json").write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
 
 
 def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
@@ -22,7 +29,7 @@ def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
 
     steps = [m["step"] for m in metrics]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(steps, [m["loss"] for m in metrics], label="loss")
+    ax.plot(steps, [float("nan") if m["loss"] is None else m["loss"] for m in metrics], label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("pretraining loss")

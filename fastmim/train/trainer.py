@@ -3,6 +3,8 @@ logging into the pretraining loop. It drives any method through fastmim.methods.
 the registry from the config's method section): never a method's class or name."""
 from __future__ import annotations
 
+import importlib.util
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fastmim import ops
 from fastmim.ops import _extension, selfcheck
-from fastmim.config import Config, to_dict, to_yaml
+from fastmim.config import Config, from_dict, to_dict, to_yaml
 from fastmim.data import build_loader
 from fastmim.methods.base import Method
 from fastmim.methods.registry import build_method
@@ -25,6 +27,8 @@ from .peak import peak_flops
 from .precision import autocast_for, resolve_precision
 from .progress import ProgressReporter
 from .report import plot_loss_curve, print_summary, write_summary
+from .resume_check import compare
+from .run_folder import check_output, clear_run, holds_run
 from .rng import get_rng_state, set_rng_state
 from .schedule import learning_rate, peak_lr
 from .step import StepStats, train_step
@@ -32,6 +36,42 @@ from .step import StepStats, train_step
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a step; last.pt holds it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only ask the loop to stop after the current step (the main thread's
+    handlers; a second signal of the same kind gets the default behaviour back)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # asked twice: stop now
+            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def check_kernels_on(device: torch.device, mode: str) -> None:
@@ -54,9 +94,13 @@ def check_kernels_on(device: torch.device, mode: str) -> None:
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.output = Path(cfg.train.output)
+        check_output(self.output)
+        if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("train.tensorboard=true needs the 'tensorboard' package (pip install tensorboard)")
+        self.clear_first = self._check_fresh_start(cfg)
         self.dist = dist_utils.setup(cfg.train.device)
         self.device = self.dist.device
-        self.output = Path(cfg.train.output)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         ops.set_kernels(cfg.train.kernels)
         check_kernels_on(self.device, cfg.train.kernels)
@@ -76,6 +120,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim.optimizer, self.method.param_groups(cfg.optim.weight_decay),
                                          self.peak_lr, cfg.optim.betas)
         self.nonfinite_seen = 0  # non-finite steps since this process started (read at logging points)
+        self.changed_on_resume: list[str] = []
         self.autocast = autocast_for(self.device, self.precision)
         self.flops_per_image = self.method.flops_per_image()
         self.peak_flops = peak_flops(self.device, self.precision)  # per device; None where unknown
@@ -84,6 +129,15 @@ class Trainer:
         self.resumed_state = self.restore(self.resume_path) if self.resume_path else None
 
     # --- construction -------------------------------------------------------------------------------
+    def _check_fresh_start(self, cfg: Config) -> bool:
+        """--resume never into a folder holding a run: refused, unless train.overwrite (then cleared first)."""
+        if cfg.train.resume != "never" or not holds_run(self.output):
+            return False
+        if not cfg.train.overwrite:
+            raise ValueError(f"--resume never: {str(self.output)!r} holds a run; use another --output, resume it "
+                             "(--resume auto), or add --set train.overwrite=true to clear it first")
+        return True
+
     def _build_method(self) -> Method:
         torch.manual_seed(self.cfg.train.seed)  # identical teachers and initial student on every rank
         method = build_method(self.cfg.method).prepare(self.device, self.precision, self.cfg.train.compile)
@@ -117,6 +171,7 @@ class Trainer:
         if saved is not None and saved != self.method.name:
             raise ValueError(f"checkpoint {str(path)!r} was written by a {saved} run; this run trains "
                              f"{self.method.name} (use another --output, or --resume never)")
+        self._check_same_run(path, state)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state["world_size"] != self.dist.world_size:
@@ -124,25 +179,56 @@ class Trainer:
                              f"with {self.dist.world_size} would change the data order (use the same count)")
         return state
 
+    def _check_same_run(self, path: Path, state: dict) -> None:
+        """The saved configuration against this one, before any weights are loaded."""
+        if "config" not in state:
+            return
+        try:
+            saved = to_dict(from_dict(state["config"]))  # the saved values, with today's defaults for new fields
+        except ValueError:
+            saved = state["config"]
+        refused, accepted = compare(saved, to_dict(self.cfg))
+        if refused:
+            listing = "\n  ".join(refused)
+            raise ValueError(f"--resume: {str(path)!r} was saved by a run with another configuration; these "
+                             f"fields define the run and must match (saved → now):\n  {listing}\nuse the saved "
+                             "values (its config.yaml: --config), another --output, or --resume never")
+        self.changed_on_resume = accepted
+
     # --- the loop -----------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
         resume_path, state = self.resume_path, self.resumed_state
         self.resumed_state = None  # the loop owns it now; do not keep a second copy of the weights alive
         step = state["step"] if state else 0
+        if step >= self.stop_step:  # a finished run: say so and change nothing
+            if main:
+                print(f"the run in {self.output} is complete at step {step} of {self.stop_step}; nothing to do "
+                      f"(--max-steps N up to {self.total_steps} continues its schedule)")
+            dist_utils.teardown()
+            return {"steps": step, "complete": True}
         if main:
+            if self.clear_first:
+                clear_run(self.output)
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(cfg))
         writer = MetricsWriter(self.output, step, cfg.train.tensorboard) if main else None
         progress = ProgressReporter(self.stop_step, step, enabled=main)
-        if resume_path:
-            progress.log(f"resumed from {resume_path} at step {step}")
+        for line in startup_lines(self, step):
+            progress.log(line)
         try:
-            summary = self._loop(step, state, writer, progress)
+            with StopSignals() as signals:
+                summary = self._loop(step, state, writer, progress, signals)
         finally:
             progress.close()
             if writer:
                 writer.close()
+        if summary.get("interrupted"):
+            if main:
+                print(f"stopped by {summary['interrupted']} at step {summary['steps']}: saved "
+                      f"{self.output / 'checkpoints' / 'last.pt'}; run the same command again to resume")
+            dist_utils.teardown()
+            raise Interrupted(summary["interrupted"])
         if main:
             self._finish(summary)
         dist_utils.barrier()
@@ -173,7 +259,7 @@ class Trainer:
             batches.append(images.to(self.device, non_blocking=True))
         return batches
 
-    def _loop(self, step: int, state: dict | None, writer, progress) -> dict:
+    def _loop(self, step: int, state: dict | None, writer, progress, signals: StopSignals) -> dict:
         cfg = self.cfg.train
         skipped_before = state["skipped_images"] if state else 0
         nonfinite_before = state["nonfinite_steps"] if state else 0
@@ -181,12 +267,13 @@ class Trainer:
         images_done, run_start = 0, time.perf_counter()
         window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
         last_loss, epoch = float("nan"), step // self.steps_per_epoch
+        last_save, interrupted = time.monotonic(), None
         self.model.train()
-        while step < self.stop_step:
+        while step < self.stop_step and interrupted is None:
             epoch = step // self.steps_per_epoch
             iterator = self._epoch_iterator(epoch, step, state)
             state = None
-            while step < self.stop_step:
+            while step < self.stop_step and interrupted is None:
                 fetch_start = time.perf_counter()
                 micro = self._next_micro_batches(iterator)
                 window["wait"] += time.perf_counter() - fetch_start
@@ -199,20 +286,40 @@ class Trainer:
                 batch_images = sum(m.shape[0] for m in micro)
                 images_done += batch_images
                 window["images"] += batch_images
-                if step % cfg.log_every == 0 or step == self.stop_step:
+                logging = step % cfg.log_every == 0 or step == self.stop_step
+                if logging:
                     last_loss = self._log(step, epoch, stats, window, writer, progress,
                                           skipped_before, nonfinite_before)
                     stats, window = stats.next_window(), {"start": time.perf_counter(), "wait": 0.0, "images": 0}
-                if step % cfg.checkpoint_every == 0 or step == self.stop_step:
+                # One process decides alone after every step; several agree at logging steps (a sync anyway).
+                if self.dist.world_size == 1 or logging:
+                    interrupted = self._agreed_signal(signals)
+                    minutes = cfg.checkpoint_minutes
+                    due = minutes is not None and self._agreed(time.monotonic() - last_save >= 60 * minutes)
+                else:
+                    due = False
+                if step % cfg.checkpoint_every == 0 or step == self.stop_step or interrupted or due:
                     self._save(step, skipped_before, nonfinite_before)
+                    last_save = time.monotonic()
         seconds = time.perf_counter() - run_start
         global_images = int(dist_utils.all_reduce_sum(torch.tensor(float(images_done))).item())
         return {
             "steps": step, "epochs": round(step / self.steps_per_epoch, 3), "images": global_images,
             "seconds": round(seconds, 3), "images_per_sec": global_images / seconds if seconds > 0 else 0.0,
             "final_loss": last_loss, "skipped_images": skipped_before + self._skipped(),
-            "nonfinite_steps": nonfinite_before + self.nonfinite_seen,
+            "nonfinite_steps": nonfinite_before + self.nonfinite_seen, "interrupted": interrupted,
         }
+
+    def _agreed(self, flag: bool) -> bool:
+        """True when any process says so (processes stop and save together)."""
+        if self.dist.world_size == 1:
+            return flag
+        return bool(dist_utils.all_reduce_sum(torch.tensor(float(flag), device=self.device)).item())
+
+    def _agreed_signal(self, signals: StopSignals) -> str | None:
+        if self.dist.world_size == 1:
+            return signals.received
+        return (signals.received or "SIGTERM") if self._agreed(signals.received is not None) else None
 
     def _skipped(self) -> int:
         return int(dist_utils.all_reduce_sum(torch.tensor(float(self.loader.skipped))).item())
@@ -256,6 +363,34 @@ class Trainer:
         dist_utils.barrier()
 
     def _finish(self, summary: dict) -> None:
+        summary.pop("interrupted", None)
         write_summary(self.output, summary)
         plot_loss_curve(self.output, read_metrics(self.output / "metrics.jsonl"))
         print_summary(summary)
+
+
+def startup_lines(trainer: Trainer, step: int) -> list[str]:
+    """What rank 0 prints before the first step: where, how, on what, and how much."""
+    t, cfg = trainer, trainer.cfg
+    if not t.dist.is_main:
+        return []
+    trained = sum(p.numel() for p in t.method.parameters() if p.requires_grad)
+    found = getattr(t.loader, "num_images", None)
+    used = len(t.loader) * cfg.data.batch_size * t.dist.world_size
+    images = f"{found:,} images, {found - used:,} dropped per epoch" if found is not None else "images: unknown"
+    kernels = "fused" if ops.kernels_mode() != "reference" and ops.fused_ops() is not None else "reference"
+    lines = [
+        f"{t.method.name} on {t.device} × {t.dist.world_size} ({t.precision}), kernels {kernels} "
+        f"(--kernels {cfg.train.kernels}), attention {getattr(t.method, 'attention', cfg.method.attn_backend)}",
+        f"data: {images} (batch {cfg.data.batch_size} × {t.dist.world_size} processes × {t.accum} accumulation = "
+        f"{t.global_batch}), {t.steps_per_epoch} steps per epoch",
+        f"{trained / 1e6:.2f} M parameters trained; peak lr {t.peak_lr:.3g} (base {cfg.optim.base_lr:g} × "
+        f"{t.global_batch}/256); steps {step} → {t.stop_step} of {t.total_steps}; output {t.output}",
+    ]
+    if step:
+        lines.append(f"resumed from {t.resume_path} at step {step}")
+    lines += [f"changed since the saved run: {change}" for change in t.changed_on_resume]
+    if found is not None and found > used and (found - used) >= 0.1 * found:
+        lines.append(f"warning: {found - used} of {found} images ({100 * (found - used) / found:.0f} %) are dropped "
+                     "every epoch (each process takes whole batches only): lower --batch-size or add images")
+    return lines

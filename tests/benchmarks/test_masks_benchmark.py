@@ -1,5 +1,5 @@
 """benchmarks/masks.py: it runs, writes its JSON with the device and versions, and the block-mask kernel draws
-1,024 × 196 masks at least 20× faster than BEiT v2's per-sample loop (60× measured on a 2-core EPYC)."""
+1,024 × 196 masks at least 20× faster than BEiT v2's per-sample loop (60× measured on a 2-core Xeon)."""
 from __future__ import annotations
 
 import json

@@ -36,5 +36,5 @@ def test_resolve_resume(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         ckpt.resolve_resume(str(tmp_path / "missing.pt"), tmp_path)
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="garbage.pt"):
+    with pytest.raises(ValueError, match="garbage.pt"):
         ckpt.load_checkpoint(tmp_path / "garbage.pt")

@@ -72,7 +72,7 @@ def test_method_fields_are_checked_against_the_recipes_method(capsys):
 
 def test_bad_set_is_a_clear_error(capsys):
     for bad, message in ((["--set", "method.mask_ratioo=0.5"], "unknown field 'mask_ratioo'"),
-                         (["--set", "nosection.x=1"], "no config section 'nosection'"),
+                         (["--set", "nosection.x=1"], "unknown field 'nosection' in the configuration"),
                          (["--set", "novalue"], "expects key=value")):
         try:
             main([*bad, "--print-config"])

@@ -1,0 +1,35 @@
+"""Labelled evaluation images: torchvision's ImageFolder with the evaluation transform, the validation set on
+the training set's class indices, and fixed class-balanced subsets (the monitor's)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def image_folder(path: str, transform, classes: list[str] | None = None):
+    """ImageFolder at `path`; with `classes` (the training set's), its labels are mapped onto them."""
+    from torchvision.datasets import ImageFolder
+
+    if not Path(path).is_dir():
+        raise ValueError(f"evaluation folder {str(path)!r} does not exist (an ImageFolder tree is needed)")
+    data = ImageFolder(path, transform=transform)
+    if not len(data):
+        raise ValueError(f"no images found in evaluation folder {str(path)!r}")
+    if classes is not None:
+        unknown = sorted(set(data.classes) - set(classes))
+        if unknown:
+            raise ValueError(f"{str(path)!r} has classes the training set lacks: {', '.join(unknown[:5])}")
+        remap = [classes.index(c) for c in data.classes]
+        data.samples = [(p, remap[y]) for p, y in data.samples]
+        data.targets = [y for _, y in data.samples]
+    return data
+
+
+def balanced_subset(data, per_class: int | None, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The first `per_class` images of every class (all with None), in the folder's fixed order; then this
+    rank's share (every world_size-th)."""
+    taken, rows = {}, []
+    for i, label in enumerate(data.targets):
+        if per_class is None or taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            rows.append(i)
+    return rows[rank::world_size]
