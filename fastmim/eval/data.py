@@ -1,5 +1,5 @@
 """Labelled evaluation images: torchvision's ImageFolder with the evaluation transform, the validation set on
-the training set's class indices, and fixed class-balanced subsets (the monitor's)."""
+the training set's class indices."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,13 +23,3 @@ def image_folder(path: str, transform, classes: list[str] | None = None):
         data.targets = [y for _, y in data.samples]
     return data
 
-
-def balanced_subset(data, per_class: int | None, rank: int = 0, world_size: int = 1) -> list[int]:
-    """The first `per_class` images of every class (all with None), in the folder's fixed order; then this
-    rank's share (every world_size-th)."""
-    taken, rows = {}, []
-    for i, label in enumerate(data.targets):
-        if per_class is None or taken.get(label, 0) < per_class:
-            taken[label] = taken.get(label, 0) + 1
-            rows.append(i)
-    return rows[rank::world_size]
