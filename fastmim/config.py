@@ -48,11 +48,28 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The k-NN monitor: with `train` and `val` set (labelled ImageFolder trees), DINO's weighted k-NN of the
+    student's features every `every` steps and at the end, on a fixed class-balanced subset (rank 0's share)."""
+    train: str | None = None          # labelled images of the k-NN bank (class subfolders)
+    val: str | None = None            # labelled query images, on the training set's classes
+    every: int = 1000                 # steps between evaluations (and one at the end of the run)
+    per_class: int = 50               # bank images per class (the first after a fixed shuffle)
+    val_per_class: int = 50           # query images per class
+    pooling: str = "cls"              # cls (after the final norm) / mean (of the patch tokens)
+    k: int = 20
+    temperature: float = 0.07
+    batch_size: int = 256             # images per feature-extraction batch
+    workers: int = 4                  # DataLoader workers for the evaluation images
+
+
+@dataclass
 class Config:
     method: object = field(default_factory=MaskAlignConfig)  # one of fastmim.methods.configs
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -137,6 +154,7 @@ MAY_CHANGE_ON_RESUME = (
     "train.kernels", "train.compile", "train.max_nonfinite", "train.device",
     "data.workers", "data.pin_memory", "data.dali_hw_decoder_load", "data.dali_prefetch", "data.path",
     "method.attn_backend", "method.teacher_weights",
+    "eval.",  # the monitor only reports: it may be added, changed or removed on resume
 )
 
 # (field, smallest value, the flag that sets it): checked before any work, so a bad value is a usage error
@@ -145,10 +163,13 @@ MINIMUMS = (
     ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 0, None), ("train.max_nonfinite", 1, None),
     ("optim.accum_steps", 1, None), ("data.batch_size", 1, "--batch-size"), ("data.workers", 0, None),
     ("data.img_size", 1, None), ("optim.warmup_epochs", 0, None), ("optim.min_lr", 0, None),
+    ("eval.every", 1, None), ("eval.per_class", 1, None), ("eval.val_per_class", 1, None), ("eval.k", 1, None),
+    ("eval.batch_size", 1, None), ("eval.workers", 0, None),
 )
-POSITIVE = (("optim.base_lr", None), ("optim.clip_grad", None), ("train.checkpoint_minutes", None))
+POSITIVE = (("optim.base_lr", None), ("optim.clip_grad", None), ("train.checkpoint_minutes", None),
+            ("eval.temperature", None))
 CHOICES = {"train.device": ("auto", "cpu", "cuda"), "train.kernels": ("auto", "fused", "reference"),
-           "train.precision": ("auto", "bf16", "fp32")}
+           "train.precision": ("auto", "bf16", "fp32"), "eval.pooling": ("cls", "mean")}
 
 
 def get_field(cfg, dotted: str):
@@ -174,3 +195,7 @@ def check_config(cfg: Config) -> None:
     for dotted, choices in CHOICES.items():
         if get_field(cfg, dotted) not in choices:
             raise ConfigValueError(f"{dotted} must be one of {', '.join(choices)}, got {get_field(cfg, dotted)!r}")
+    if (cfg.eval.train is None) != (cfg.eval.val is None):
+        given, missing = ("train", "val") if cfg.eval.val is None else ("val", "train")
+        raise ConfigValueError(f"the k-NN monitor needs both eval.train and eval.val: eval.{given} is set, "
+                               f"eval.{missing} is not (--eval-{missing} DIR)")

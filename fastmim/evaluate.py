@@ -68,28 +68,35 @@ def check_args(args) -> None:
 
 
 def features_of(evaluated, path, classes, args, device, dist):
+    """(the ImageFolder, features, labels) in the folder's order; under torchrun process r extracts images
+    r, r + world, … (no padding, so no image counts twice) and every process gets all of them back."""
     import torch
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
+    from torch.utils.data import DataLoader, Subset
 
     from fastmim.eval import eval_transform, extract
     from fastmim.eval.data import image_folder
 
     data = image_folder(path, eval_transform(evaluated.img_size, evaluated.mean, evaluated.std), classes)
-    sampler = DistributedSampler(data, shuffle=False, drop_last=False) if dist else None
-    loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers)
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+    share = Subset(data, range(rank, len(data), world))
+    loader = DataLoader(share, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     seen = [0]
 
     def progress(n):
         seen[0] += n
-        print(f"\r  {path}: {seen[0]}/{len(loader.sampler if sampler else data)} images", end="", flush=True)
+        if rank == 0:
+            print(f"\r  {path}: {seen[0]}/{len(share)} images" + (f" (rank 0's share of {len(data)})" if dist else ""),
+                  end="", flush=True)
 
     feats, labels = extract(evaluated.model, loader, args.pooling, device, progress)
-    print()
-    if dist:  # every rank's share on every rank (rank 0 scores)
-        gathered = [None] * torch.distributed.get_world_size()
+    if rank == 0:
+        print()
+    if dist:  # every rank's share on every rank, back in the folder's order
+        gathered = [None] * world
         torch.distributed.all_gather_object(gathered, (feats, labels))
-        feats, labels = torch.cat([f for f, _ in gathered]), torch.cat([y for _, y in gathered])
+        order = torch.cat([torch.arange(r, len(data), world) for r in range(world)])
+        feats = torch.empty(len(data), feats.shape[1]).index_copy_(0, order, torch.cat([f for f, _ in gathered]))
+        labels = torch.empty(len(data), dtype=torch.long).index_copy_(0, order, torch.cat([y for _, y in gathered]))
     return data, feats, labels
 
 
@@ -114,6 +121,8 @@ def evaluate(args) -> dict:
     result = {"protocol": args.protocol, "model": args.model, "description": evaluated.description,
               "pooling": args.pooling, "train_images": len(train_y), "val_images": len(val_y),
               "classes": len(train_data.classes)}
+    if distributed and torch.distributed.get_rank() != 0:
+        return result  # rank 0 scores the gathered features: the probe on cached features is seconds of work
     if args.protocol == "knn":
         top1, top5 = knn_accuracy(train_f, train_y, val_f, val_y, args.k, args.temperature)
         result.update(k=args.k, temperature=args.temperature)

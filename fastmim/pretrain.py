@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (auto: CUDA when available)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the student's and the teacher's blocks (the first steps are slow while it compiles)")
+    p.add_argument("--eval-train", metavar="DIR", help="labelled ImageFolder for the k-NN monitor's bank; with "
+                   "--eval-val the student is evaluated every eval.every steps (default 1000) and at the end")
+    p.add_argument("--eval-val", metavar="DIR", help="labelled ImageFolder of the k-NN monitor's queries "
+                   "(knn_top1/knn_top5 in metrics.jsonl; see the eval section of --print-config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field (checked "
                    "against its type; dict fields by dotted path), e.g. "
                    "method.mask_ratio=0.75, optim.base_lr=1e-4, train.log_every=50 (repeatable; see --print-config)")
@@ -77,6 +81,7 @@ FLAG_FIELDS = {
     "data": "data.path", "output": "train.output", "max_steps": "train.max_steps", "epochs": "train.epochs",
     "batch_size": "data.batch_size", "resume": "train.resume", "kernels": "train.kernels",
     "data_backend": "data.backend", "device": "train.device", "compile": "train.compile",
+    "eval_train": "eval.train", "eval_val": "eval.val",
 }
 
 
@@ -110,7 +115,7 @@ def starting_config(args: argparse.Namespace) -> Config:
     except yaml.YAMLError as error:
         raise ValueError(f"--config {args.config!r}: not valid YAML ({error})") from error
     if not isinstance(data, dict):
-        raise ValueError(f"--config {args.config!r}: expected a mapping of sections (method, data, optim, train)")
+        raise ValueError(f"--config {args.config!r}: expected a mapping of sections (method, data, optim, train, eval)")
     try:
         return from_dict(data)
     except ValueError as error:

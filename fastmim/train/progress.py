@@ -8,8 +8,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def describe(m: dict) -> str:
-    return (f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['images_per_sec']:.1f} img/s  "
+    line = (f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['images_per_sec']:.1f} img/s  "
             f"data wait {100 * m['data_wait']:.0f}%")
+    if "knn_top1" in m:  # an evaluation step of the k-NN monitor
+        line += f"  k-NN top-1 {m['knn_top1']:.1f}%"
+    return line
 
 
 class ProgressReporter:

@@ -20,6 +20,7 @@ def write_summary(folder: Path, summary: dict) -> None:
 
 
 def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
+    """loss_curve.png: the loss per logged step, and beside it the k-NN monitor's top-1 where the run had one."""
     if not metrics:
         return None
     import matplotlib
@@ -27,13 +28,20 @@ def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    steps = [m["step"] for m in metrics]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(steps, [float("nan") if m["loss"] is None else m["loss"] for m in metrics], label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("pretraining loss")
-    ax.grid(alpha=0.3)
+    evaluated = [m for m in metrics if m.get("knn_top1") is not None]
+    fig, axes = plt.subplots(1, 2 if evaluated else 1, figsize=(11 if evaluated else 6, 4), dpi=100, squeeze=False)
+    loss_axis = axes[0, 0]
+    loss_axis.plot([m["step"] for m in metrics], [float("nan") if m["loss"] is None else m["loss"] for m in metrics])
+    loss_axis.set(xlabel="step", ylabel="loss", title="pretraining loss")
+    loss_axis.grid(alpha=0.3)
+    if evaluated:
+        knn_axis = axes[0, 1]
+        steps = [m["step"] for m in evaluated]
+        knn_axis.plot(steps, [m["knn_top1"] for m in evaluated], marker="o", label="top-1")
+        knn_axis.plot(steps, [m["knn_top5"] for m in evaluated], marker=".", label="top-5")
+        knn_axis.set(xlabel="step", ylabel="accuracy (%)", title="k-NN monitor")
+        knn_axis.grid(alpha=0.3)
+        knn_axis.legend()
     path = Path(folder) / "loss_curve.png"
     fig.tight_layout()
     fig.savefig(path)

@@ -22,6 +22,7 @@ from fastmim.methods.registry import build_method
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .metrics import MetricsWriter, read_metrics
+from .monitor import KnnMonitor, check_folders
 from .optim import build_optimizer, set_lr
 from .peak import peak_flops
 from .precision import autocast_for, resolve_precision
@@ -105,6 +106,7 @@ class Trainer:
         ops.set_kernels(cfg.train.kernels)
         check_kernels_on(self.device, cfg.train.kernels)
         self.loader = build_loader(cfg.data, self.dist.rank, self.dist.world_size, self.device)
+        self.monitor = self._build_monitor(cfg)
         self.method = self._build_method()
         self.model = self._wrap(self.method)
         self.accum = cfg.optim.accum_steps
@@ -121,6 +123,7 @@ class Trainer:
                                          self.peak_lr, cfg.optim.betas)
         self.nonfinite_seen = 0  # non-finite steps since this process started (read at logging points)
         self.changed_on_resume: list[str] = []
+        self.last_knn: dict = {}  # the monitor's latest result (rank 0), for summary.json
         self.autocast = autocast_for(self.device, self.precision)
         self.flops_per_image = self.method.flops_per_image()
         self.peak_flops = peak_flops(self.device, self.precision)  # per device; None where unknown
@@ -137,6 +140,16 @@ class Trainer:
             raise ValueError(f"--resume never: {str(self.output)!r} holds a run; use another --output, resume it "
                              "(--resume auto), or add --set train.overwrite=true to clear it first")
         return True
+
+    def _build_monitor(self, cfg: Config) -> KnnMonitor | None:
+        """The k-NN monitor when eval.train and eval.val are set; built on rank 0, which alone evaluates."""
+        if cfg.eval.train is None:
+            return None
+        check_folders(cfg.eval)
+        if not self.dist.is_main:
+            return None
+        return KnnMonitor(cfg.eval, cfg.data.img_size, cfg.data.mean, cfg.data.std, self.dist.rank,
+                          self.dist.world_size)
 
     def _build_method(self) -> Method:
         torch.manual_seed(self.cfg.train.seed)  # identical teachers and initial student on every rank
@@ -269,6 +282,8 @@ class Trainer:
         last_loss, epoch = float("nan"), step // self.steps_per_epoch
         last_save, interrupted = time.monotonic(), None
         self.model.train()
+        if self.monitor is not None:
+            progress.log(self.monitor.describe())
         while step < self.stop_step and interrupted is None:
             epoch = step // self.steps_per_epoch
             iterator = self._epoch_iterator(epoch, step, state)
@@ -286,10 +301,14 @@ class Trainer:
                 batch_images = sum(m.shape[0] for m in micro)
                 images_done += batch_images
                 window["images"] += batch_images
-                logging = step % cfg.log_every == 0 or step == self.stop_step
+                # An evaluation step is a logging step on every process (its result goes into that record).
+                evaluating = self.cfg.eval.train is not None and (step % self.cfg.eval.every == 0
+                                                                   or step == self.stop_step)
+                logging = step % cfg.log_every == 0 or step == self.stop_step or evaluating
                 if logging:
+                    extra = self._evaluate(step, progress) if evaluating and self.monitor else {}
                     last_loss = self._log(step, epoch, stats, window, writer, progress,
-                                          skipped_before, nonfinite_before)
+                                          skipped_before, nonfinite_before, extra)
                     stats, window = stats.next_window(), {"start": time.perf_counter(), "wait": 0.0, "images": 0}
                 # One process decides alone after every step; several agree at logging steps (a sync anyway).
                 if self.dist.world_size == 1 or logging:
@@ -307,7 +326,7 @@ class Trainer:
             "steps": step, "epochs": round(step / self.steps_per_epoch, 3), "images": global_images,
             "seconds": round(seconds, 3), "images_per_sec": global_images / seconds if seconds > 0 else 0.0,
             "final_loss": last_loss, "skipped_images": skipped_before + self._skipped(),
-            "nonfinite_steps": nonfinite_before + self.nonfinite_seen, "interrupted": interrupted,
+            "nonfinite_steps": nonfinite_before + self.nonfinite_seen, **self.last_knn, "interrupted": interrupted,
         }
 
     def _agreed(self, flag: bool) -> bool:
@@ -324,7 +343,16 @@ class Trainer:
     def _skipped(self) -> int:
         return int(dist_utils.all_reduce_sum(torch.tensor(float(self.loader.skipped))).item())
 
-    def _log(self, step, epoch, stats: StepStats, window, writer, progress, skipped_before, nonfinite_before):
+    def _evaluate(self, step: int, progress) -> dict:
+        """Rank 0's k-NN of the student now; its time is left out of the window's images/sec."""
+        result = self.monitor.evaluate(self.method.student, self.device, self.autocast)
+        progress.log(f"k-NN at step {step}: top-1 {result['knn_top1']:.2f} %, top-5 {result['knn_top5']:.2f} % "
+                     f"({result['knn_seconds']:.1f} s)")
+        self.last_knn = {key: result[key] for key in ("knn_top1", "knn_top5")}
+        return result
+
+    def _log(self, step, epoch, stats: StepStats, window, writer, progress, skipped_before, nonfinite_before,
+             extra: dict):
         """The only host synchronization of the loop: gather the window's device-side sums (and the kernels'
         record of out-of-range indices on a GPU)."""
         ops.check_device_errors(self.device)
@@ -338,7 +366,7 @@ class Trainer:
                 f"the loss was not finite for {int(in_a_row / self.dist.world_size)} steps in a row (limit "
                 f"train.max_nonfinite={self.cfg.train.max_nonfinite}) at step {step}; lower the learning rate, "
                 "enable optim.clip_grad, or check the data")
-        elapsed = time.perf_counter() - window["start"]
+        elapsed = time.perf_counter() - window["start"] - extra.get("knn_seconds", 0.0)
         loss = loss_sum / finite if finite else float("nan")
         images_per_sec = window["images"] * self.dist.world_size / elapsed if elapsed > 0 else 0.0
         record = {
@@ -351,6 +379,7 @@ class Trainer:
         }
         if self.peak_flops:  # model FLOPs per second per device against the device's peak
             record["mfu"] = self.flops_per_image * images_per_sec / self.dist.world_size / self.peak_flops
+        record.update(extra)
         if writer:
             writer.write(record)
         progress.update(record)

@@ -71,3 +71,23 @@ def test_errors_are_one_line(args, words):
                             timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.startswith("python -m fastmim.evaluate: error:") and words in result.stderr, result.stderr
+
+
+def test_torchrun_extracts_shares_and_scores_like_one_process(tmp_path, digits_folders, trained):
+    """Two processes each extract every other image (849 and 848 of the 1,697 queries: no padding) and rank 0
+    scores them all: the same images and the same top-1 as one process."""
+    import os
+
+    train, val = digits_folders
+    alone = run_eval("knn", str(trained), "--train", str(train), "--val", str(val), out=tmp_path / "one.json")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "fastmim.evaluate", "knn", str(trained), "--train", str(train), "--val", str(val),
+               "--workers", "0", "--out", str(tmp_path / "two.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    both = json.loads((tmp_path / "two.json").read_text())
+    assert (both["train_images"], both["val_images"]) == (alone["train_images"], alone["val_images"])
+    assert both["top1"] == pytest.approx(alone["top1"], abs=0.1)
+    assert both["top5"] == pytest.approx(alone["top5"], abs=0.1)
+    assert result.stdout.count("top-1 %") == 1  # one table, from rank 0
