@@ -159,15 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     import torch.distributed as dist
 
-    if dist.is_initialized() and dist.get_rank() != 0:
-        dist.destroy_process_group()
-        return 0
-    print_result(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print_result(result)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.out}")
     if dist.is_initialized():
+        # All leave together: a process tearing down its gloo group while rank 0 still scores aborts (SIGABRT).
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
