@@ -159,16 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     import torch.distributed as dist
 
+    from fastmim.train import distributed as dist_utils
+
     if not dist.is_initialized() or dist.get_rank() == 0:
         print_result(result)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
             print(f"wrote {args.out}")
-    if dist.is_initialized():
-        # All leave together: a process tearing down its gloo group while rank 0 still scores aborts (SIGABRT).
-        dist.barrier()
-        dist.destroy_process_group()
+    # All leave together, as the trainer does: a process tearing down its gloo group while rank 0 still
+    # scores aborts (SIGABRT).
+    dist_utils.barrier()
+    dist_utils.teardown()
     return 0
 
 
