@@ -44,7 +44,7 @@ def library_architectures() -> str:
 
     path = _binary.library_path()
     if path is None or not _extension.load():
-        return f"not built ({_extension.load_error()})"
+        return f"unusable: {_extension.load_error()}"
     if not _extension.has_cuda_kernels():
         return "CPU kernels only (built without nvcc)"
     try:
@@ -105,23 +105,23 @@ def train_losses(kernels: str, device: torch.device, precision: str, steps: int)
     from fastmim.recipes import recipe
     from fastmim.train.optim import build_optimizer
     from fastmim.train.precision import autocast_for
-    from fastmim.train.step import StepStats, train_step
+    from fastmim.train.step import train_step
 
     cfg = recipe("demo")
     previous = ops.kernels_mode()
     ops.set_kernels(kernels)
     try:
         torch.manual_seed(0)
-        method = MaskAlign(cfg.method).to(device)
+        method = MaskAlign(cfg.method, cfg.data.image).to(device)
         if precision == "bf16":
             method.teacher.to(torch.bfloat16)
         optimizer = build_optimizer("adamw", method.param_groups(0.05), 1e-3, (0.9, 0.95))
-        images = torch.randn(steps, 8, 3, cfg.method.img_size, cfg.method.img_size,
-                             generator=torch.Generator().manual_seed(1)).to(device)
-        stats, losses = StepStats.zeros(device), []
+        size = cfg.data.img_size
+        images = torch.randn(steps, 8, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+        losses = []
         for step in range(steps):
-            loss = train_step(method, optimizer, [images[step]], autocast_for(device, precision), None, stats)
-            losses.append(float(loss))
+            result = train_step(method, optimizer, [images[step]], autocast_for(device, precision), None)
+            losses.append(float(result.loss))
         return losses
     finally:
         ops.set_kernels(previous)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     if not _extension.load():
         print_report(env, {}, [])
-        print(f"fastmim._C is not built ({_extension.load_error()}): nothing to check", file=sys.stderr)
+        print(f"fastmim._C cannot be used ({_extension.load_error()}): nothing to check", file=sys.stderr)
         return 1
     usable = [d for d in chosen if _extension.runs_on(d)]
     problems = [f"{d}: {_extension.why_not(d)}" for d in chosen if d not in usable]

@@ -1,5 +1,10 @@
 // One sample of BEiT v2's block-wise masking (microsoft/unilm beit2/masking_generator.py), shared by the CPU
-// and CUDA kernels (host and device code alike), so both draw the same mask for the same seed and sample.
+// and CUDA kernels (host and device code alike): both draw from the same law with the same random numbers. Their
+// masks for the same seed and sample are equal except where the GPU's fast-math rounding differs from the host's
+// (__expf for the aspect, x·rsqrtf(x) for √area, __fdividef, and the multiply-adds nvcc fuses): a rectangle side
+// that lands near k + ½ can round the other way, and that sample's mask then differs from there on. That is rare
+// (the GPU test and `python -m fastmim.doctor` allow 1 % of the samples); the emulated CUDA kernels, compiled for
+// the host, take the host's functions and draw the CPU kernel's masks.
 //
 // Rounds until M patches are masked: up to `attempts` rectangles are tried in turn — area ~ U(min_patches,
 // remaining), aspect log-uniform in [min_aspect, 1/min_aspect], h = round(√(area·aspect)), w = round(√(area /
@@ -37,6 +42,7 @@ FASTMIM_HD int count_bits(uint64_t x) {
 #endif
 }
 
+// Fast on the GPU (not correctly rounded): the masks' law does not need the last bit (see the top of this file).
 FASTMIM_HD float exponential(float x) {
 #if defined(__CUDA_ARCH__)
   return __expf(x);

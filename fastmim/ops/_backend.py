@@ -56,8 +56,8 @@ def set_kernels(mode: str) -> None:
     _check_mode(mode, "kernels")
     if mode == "fused" and fused_ops() is None:
         raise RuntimeError(
-            "kernels='fused' needs the compiled extension fastmim._C, which is not built in this install "
-            f"({_extension.load_error()}); rebuild with `pip install -e . --no-build-isolation` or use "
+            "kernels='fused' needs the compiled extension fastmim._C, which cannot be used in this install "
+            f"({_extension.load_error()}); build it with `pip install -e . --no-build-isolation` or use "
             "kernels='auto'/'reference'"
         )
     _mode = mode

@@ -5,34 +5,43 @@ from __future__ import annotations
 
 import torch
 
-OPS = ("masked_patch_embed", "align_loss", "dynamic_align", "masked_pixel_loss")
+# Every operator fastmim.ops registers a fake kernel, autograd or autocast rule for: a library that lacks one was
+# built from older sources, and registering for an operator that does not exist would fail on import.
+OPS = ("masked_patch_embed", "masked_patch_embed_backward", "align_loss", "align_loss_backward", "dynamic_align",
+       "dynamic_align_backward", "masked_pixel_loss", "block_mask")
 _state: dict = {}
 
 
-def _registered() -> bool:
+def _missing() -> list[str]:
     try:
-        return all(hasattr(torch.ops.fastmim, name) for name in OPS)
+        return [name for name in OPS if not hasattr(torch.ops.fastmim, name)]
     except (AttributeError, RuntimeError):
-        return False
+        return list(OPS)
 
 
 def load() -> bool:
     """Whether the compiled operators are available (tries `import fastmim._C` once)."""
     if "ok" not in _state:
-        if _registered():
-            _state["ok"] = True
-        else:
-            try:
-                import fastmim._C  # noqa: F401  (static registrations run on import)
-                _state["ok"] = _registered()
-            except ImportError as error:
-                _state["ok"], _state["error"] = False, error
+        _state["ok"] = not _missing() or _import()
     return _state["ok"]
 
 
+def _import() -> bool:
+    """Import fastmim._C (its static registrations define the operators); say in _state why it is unusable."""
+    try:
+        import fastmim._C  # noqa: F401
+    except ImportError as error:
+        _state["why"] = f"{type(error).__name__}: {error}"
+        return False
+    missing = _missing()
+    if missing:
+        _state["why"] = (f"fastmim._C was built from older sources: it lacks "
+                         f"{', '.join(f'torch.ops.fastmim.{name}' for name in missing)}; rebuild it")
+    return not missing
+
+
 def load_error() -> str:
-    error = _state.get("error")
-    return f"{type(error).__name__}: {error}" if error else "fastmim._C is not built"
+    return _state.get("why", "fastmim._C is not built")
 
 
 def has_cuda_kernels() -> bool:

@@ -9,9 +9,12 @@ unmasked patches to exactly `masked` (BEiT v2 does the same with np.random.choic
 indices kept [B, N − M] and masked [B, M].
 
 The kernels (csrc/common/block_mask_math.h; one CPU thread or one CUDA thread per sample) draw with Philox
-from one seed taken from `generator`, so the CPU and CUDA kernels give the same masks for the same seed. The
-reference is plain PyTorch vectorized over the batch (every sample's attempts of a round at once, accepted in
-turn from a summed-area table of the mask) and draws from `generator` itself: the same law, other values.
+from one seed taken from `generator`: the CPU and CUDA kernels draw from the same law with the same random
+numbers, and their masks for the same seed are equal except where the GPU's fast-math rounding (its exp, square
+root, division and fused multiply-adds) rounds a rectangle's side the other way — a rare sample (the GPU test
+allows 1 %). The reference is plain PyTorch vectorized over the batch (every sample's attempts of a round at
+once, accepted in turn from a summed-area table of the mask) and draws from `generator` itself: the same law,
+other values.
 """
 from __future__ import annotations
 

@@ -67,11 +67,19 @@ def _fake(images, ids_keep, weight, bias=None, pos_embed=None):
     return images.new_empty(images.shape[0], ids_keep.shape[1], weight.shape[0])
 
 
+def is_channels_last(images) -> bool:
+    """The kernels' test (csrc/common/validate.h): a pixel's channels adjacent, so patches gather in (i, j, c) order."""
+    return images.shape[1] > 1 and images.stride(1) == 1 and images.stride(3) == images.shape[1]
+
+
 def _fake_backward(grad_out, images, ids_keep, weight, output_mask):
     p = weight.shape[-1]
     num_patches = (images.shape[2] // p) * (images.shape[3] // p)
     shapes = (images.shape, weight.shape, (weight.shape[0],), (num_patches, weight.shape[0]))
-    return tuple(images.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
+    grads = [images.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask)]
+    if output_mask[0] and is_channels_last(images):  # the kernels return it channels-last, as the images
+        grads[0] = torch.empty_like(grads[0], memory_format=torch.channels_last)
+    return tuple(grads)
 
 
 def _setup_context(ctx, inputs, output):

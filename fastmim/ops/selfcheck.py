@@ -96,8 +96,8 @@ def check_ops(device, dtypes=(torch.float32, torch.bfloat16), seed: int = 0) -> 
 
 def check_block_mask(device: torch.device, batch: int = 512) -> Check:
     """block_mask on `device` against the CPU kernel for the same seed: every sample a partition of the patches
-    with exactly M masked, and the same masks but for a rare rectangle whose side a GPU's fast exp rounds the
-    other way (`error`: the share of samples that differ; at most 1 %)."""
+    with exactly M masked, and the same masks but for a rare rectangle whose side rounds the other way under the
+    GPU's fast-math (`error`: the share of samples that differ; at most 1 %)."""
     seed, masked = torch.tensor([20240611]), 78
     keep, ids = torch.ops.fastmim.block_mask(seed.to(device), batch, 14, 14, masked)
     _, ids_cpu = torch.ops.fastmim.block_mask(seed, batch, 14, 14, masked)

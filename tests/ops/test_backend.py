@@ -1,5 +1,6 @@
 """Which implementation fastmim.ops runs: the compiled kernels on CPU tensors, the references when asked
-(set_kernels, FASTMIM_KERNELS) or when the extension is missing (with one warning); CUDA kernels registered."""
+(set_kernels, FASTMIM_KERNELS) or when the extension is missing (with one warning) or stale (saying "rebuild");
+CUDA kernels registered."""
 from __future__ import annotations
 
 import os
@@ -12,11 +13,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastmim import ops
-from fastmim.ops import reference
+from fastmim.ops import _autocast, _backend, _extension, reference
 
 from .helpers import cuda_toolkit_present, fused
 
-OPS = ("masked_patch_embed", "align_loss", "dynamic_align", "masked_pixel_loss")
+OPS = ("masked_patch_embed", "align_loss", "dynamic_align", "masked_pixel_loss", "block_mask")
 ALL_OPS = OPS + ("masked_patch_embed_backward", "align_loss_backward", "dynamic_align_backward")
 
 
@@ -30,11 +31,11 @@ class OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def run_all_three():
+def run_all_ops():
     g = torch.Generator().manual_seed(0)
     images = torch.randn(2, 3, 32, 32, generator=g)
     weight = torch.randn(8, 3, 16, 16, generator=g, requires_grad=True)
-    keep = torch.tensor([[0, 3], [1, 2]])
+    keep = ops.block_mask(2, 2, 2, 2, "cpu", g)[0]  # 2 of the 2 × 2 patches kept
     patches = ops.masked_patch_embed(images, keep, weight, None, torch.zeros(4, 8))
     tokens = torch.cat([patches[:, :1], patches], dim=1)  # [B, 1+K, D]
     pred = ops.dynamic_align(torch.stack([tokens, tokens.tanh()]), torch.ones(1, 2))
@@ -50,7 +51,7 @@ def test_cpu_tensors_run_the_compiled_cpu_kernels():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmim::{name}", "CPU"), name
     ops.set_kernels("auto")
     with OpRecorder() as recorder:
-        run_all_three()
+        run_all_ops()
     assert {f"fastmim.{name}" for name in ALL_OPS} <= recorder.names, recorder.names
 
 
@@ -67,11 +68,11 @@ def test_set_kernels_reference_and_back():
         ops.set_kernels("reference")
         assert ops.kernels_mode() == "reference"
         with OpRecorder() as recorder:
-            run_all_three()
+            run_all_ops()
         assert not any(name.startswith("fastmim.") for name in recorder.names)
         ops.set_kernels("fused")
         with OpRecorder() as recorder:
-            run_all_three()
+            run_all_ops()
         assert "fastmim.align_loss" in recorder.names
     finally:
         ops.set_kernels("auto")
@@ -130,8 +131,6 @@ def test_auto_sends_cuda_tensors_to_the_reference_where_the_kernels_cannot_run(m
     once and runs the references there, fused is an error saying why; CPU tensors keep the CPU kernels."""
     from types import SimpleNamespace
 
-    from fastmim.ops import _backend, _extension
-
     monkeypatch.setattr(_extension, "runs_on", lambda device: torch.device(device).type == "cpu")
     monkeypatch.setattr(_extension, "why_not", lambda device: "fastmim._C holds no code for this GPU")
     monkeypatch.setattr(_backend, "reference", SimpleNamespace(align_loss=lambda *args: "reference"))
@@ -155,10 +154,33 @@ def test_auto_sends_cuda_tensors_to_the_reference_where_the_kernels_cannot_run(m
 
 
 def test_kernel_version_without_cuda_kernels_is_zero(monkeypatch):
-    from fastmim.ops import _extension
-
     monkeypatch.setitem(_extension._state, "cuda", False)
     monkeypatch.setitem(_extension._state, "versions", {})
     assert _extension.kernel_version(torch.device("cuda", 0)) == 0
     assert _extension.runs_on(torch.device("cpu"))
     assert not _extension.runs_on(torch.device("cuda", 0))
+
+
+def test_ops_lists_every_operator_fastmim_ops_registers_for(monkeypatch):
+    """_extension.OPS is what a library must hold: one without an operator of the list (built from older sources)
+    is not used, where registering the operator's fake kernel would have failed on import."""
+    touched = set()
+    record = lambda qualname, *args, **kwargs: touched.add(qualname.split("::")[1])  # noqa: E731
+    monkeypatch.setattr(torch.library, "register_fake", record)
+    monkeypatch.setattr(torch.library, "register_autograd", record)
+    monkeypatch.setattr(_autocast, "register", lambda library, name, *args: touched.add(name))
+    _backend.register_library("fastmim")
+    assert set(_backend.OP_MODULES) <= touched
+    assert touched <= set(_extension.OPS), touched - set(_extension.OPS)
+
+
+def test_a_library_without_a_newer_operator_says_rebuild(monkeypatch):
+    """As fastmim._C built before block_mask existed: the kernels are not used, and every message says rebuild."""
+    monkeypatch.setattr(_extension, "OPS", _extension.OPS + ("added_since",))
+    monkeypatch.setattr(_extension, "_state", {})
+    monkeypatch.setattr(_backend, "_fused", [])
+    assert not _extension.load() and _backend.fused_ops() is None
+    assert _extension.load_error() == ("fastmim._C was built from older sources: it lacks "
+                                       "torch.ops.fastmim.added_since; rebuild it")
+    with pytest.raises(RuntimeError, match="lacks torch.ops.fastmim.added_since; rebuild it"):
+        ops.set_kernels("fused")

@@ -203,7 +203,8 @@ def test_opcheck():
 
 @pytest.mark.cuda
 def test_the_gpu_kernel_draws_the_cpu_kernels_masks():
-    """Same seed, same masks, up to a rare rectangle whose side rounds the other way (the GPU's fast exp)."""
+    """Same seed, same masks, up to a rare rectangle whose side rounds the other way (the GPU's fast-math exp,
+    square root, division and fused multiply-adds: csrc/common/block_mask_math.h)."""
     seed = draw_seed("cpu", torch.Generator().manual_seed(0))
     keep, ids = torch.ops.fastmim.block_mask(seed.cuda(), 4096, 14, 14, 78)
     keep_cpu, ids_cpu = torch.ops.fastmim.block_mask(seed, 4096, 14, 14, 78)

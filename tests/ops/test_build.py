@@ -1,5 +1,6 @@
-"""The build (setup.py): the real CUDA toolkit is found behind a wrapper nvcc, the CUDA kernels were compiled
-for the default architectures, and a kernel that spills registers fails a compile with the build's flags."""
+"""The build (setup.py): the real CUDA toolkit is found behind a wrapper nvcc, the default architectures are those
+the nvcc and torch found can build (CMake takes the same), the CUDA kernels were compiled for them, and a kernel
+that spills registers fails a compile with the build's flags."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,79 @@ def test_real_cuda_home_is_found_behind_a_wrapper(tmp_path, monkeypatch):
     assert not setup.is_real_nvcc(str(wrapper))
     assert setup.find_cuda_home() == os.path.realpath(real)
     assert setup.nvcc_reported_home() == os.path.realpath(real)
+
+
+def fake_nvcc(folder: Path, codes: list[str]) -> str:
+    """An nvcc whose `--list-gpu-code` lists `codes` (and that fails at anything else)."""
+    nvcc = folder / "nvcc"
+    nvcc.write_text('#!/bin/sh\n[ "$1" = --list-gpu-code ] || exit 1\nprintf "%s\\n" ' + " ".join(codes) + "\n")
+    nvcc.chmod(nvcc.stat().st_mode | stat.S_IEXEC)
+    return str(nvcc)
+
+
+CUDA_12_6 = ["sm_50", "sm_52", "sm_53", "sm_60", "sm_61", "sm_62", "sm_70", "sm_72", "sm_75", "sm_80", "sm_86",
+             "sm_87", "sm_89", "sm_90"]
+
+
+def test_the_default_leaves_out_what_an_older_nvcc_cannot_compile(tmp_path, monkeypatch, capsys):
+    """CUDA 12.6 has no sm_100 or sm_120: "8.0;9.0;10.0;12.0+PTX" failed its build; now 9.0 carries the PTX."""
+    setup = load_setup()
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    nvcc = fake_nvcc(tmp_path, CUDA_12_6)
+    assert setup.nvcc_archs(nvcc) == {"5.0", "5.2", "5.3", "6.0", "6.1", "6.2", "7.0", "7.2", "7.5", "8.0", "8.6",
+                                      "8.7", "8.9", "9.0"}
+    assert setup.cuda_arch_list(nvcc) == "8.0;9.0+PTX"
+    said = capsys.readouterr().err
+    assert "leaving out 10.0: the nvcc found cannot compile it" in said and "leaving out 12.0" in said
+    assert "TORCH_CUDA_ARCH_LIST" not in os.environ  # the probe of torch's names leaves no trace
+
+
+def test_the_default_leaves_out_what_torch_does_not_know():
+    """torch 2.4 and 2.5 (pyproject.toml allows them) know neither 10.0 nor 12.0: "Unknown CUDA arch (10.0)"."""
+    setup = load_setup()
+    archs, notes = setup.choose_archs({"8.0", "9.0", "10.0", "12.0"}, lambda arch: arch in {"8.0", "8.6", "9.0"})
+    assert archs == "8.0;9.0+PTX"
+    assert len(notes) == 2 and all("torch's cpp_extension does not know it" in note for note in notes)
+
+
+def test_the_default_with_a_current_toolkit_and_torch_is_every_family():
+    setup = load_setup()
+    everything = {"7.5", "8.0", "8.6", "9.0", "10.0", "10.3", "11.0", "12.0", "12.1"}
+    assert setup.choose_archs(everything, lambda arch: True) == (setup.DEFAULT_ARCHS, [])
+    assert setup.choose_archs(None, lambda arch: True) == (setup.DEFAULT_ARCHS, [])  # an nvcc that cannot list
+
+
+def test_torch_accepts_what_cpp_extension_knows():
+    setup = load_setup()
+    before = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    assert setup.torch_accepts("8.0") and setup.torch_accepts("9.0")
+    assert not setup.torch_accepts("13.7")
+    assert os.environ.get("TORCH_CUDA_ARCH_LIST") == before
+
+
+def test_nothing_buildable_is_an_error_that_says_what_to_set():
+    setup = load_setup()
+    with pytest.raises(RuntimeError, match=r"none of 8.0;9.0;10.0;12.0\+PTX can be built .*TORCH_CUDA_ARCH_LIST.*"
+                                           r"FASTMIM_CUDA=0"):
+        setup.choose_archs({"7.0", "7.5"}, lambda arch: True)
+
+
+def test_a_user_arch_list_is_used_as_given(tmp_path, monkeypatch):
+    setup = load_setup()
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6;12.0+PTX")
+    assert setup.cuda_arch_list(fake_nvcc(tmp_path, CUDA_12_6)) == "8.6;12.0+PTX"
+
+
+def test_cmake_takes_the_default_from_setup_py(tmp_path):
+    """CMakeLists.txt asks `setup.py --cuda-arch-list NVCC` instead of keeping a list of its own."""
+    environment = {k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}
+    result = subprocess.run([sys.executable, str(ROOT / "setup.py"), "--cuda-arch-list",
+                             fake_nvcc(tmp_path, CUDA_12_6)], capture_output=True, text=True, env=environment,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout == "8.0;9.0+PTX\n", result.stdout + result.stderr
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert '"${CMAKE_CURRENT_SOURCE_DIR}/setup.py" --cuda-arch-list' in cmake
+    assert "10.0;12.0" not in cmake
 
 
 @needs_toolkit

@@ -179,8 +179,10 @@ def test_images_not_divisible_by_patch_size():
             fn(images[..., :-1], keep, weight, bias, None)
 
 
-def test_opcheck():
-    images, keep, weight, bias, pos = make(SHAPES["D=13"], torch.float32)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_opcheck(channels_last):
+    """With channels-last images the kernel returns the image gradient channels-last: the fake kernel must say so."""
+    images, keep, weight, bias, pos = make(SHAPES["D=13"], torch.float32, noncontiguous=channels_last)
     for args in ((images, keep, weight, bias, pos), (images, keep, weight, None, None)):
         grads = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                  for a in args]
@@ -269,7 +271,8 @@ def test_cuda_backward_is_deterministic():
 
 
 @pytest.mark.cuda
-def test_cuda_opcheck():
-    images, keep, weight, bias, pos = make(SHAPES["D=13"], torch.float32, "cuda")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_cuda_opcheck(channels_last):
+    images, keep, weight, bias, pos = make(SHAPES["D=13"], torch.float32, "cuda", noncontiguous=channels_last)
     args = tuple(a.clone().requires_grad_() if a.is_floating_point() else a for a in (images, keep, weight, bias, pos))
     torch.library.opcheck(torch.ops.fastmim.masked_patch_embed.default, args)
