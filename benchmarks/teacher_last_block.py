@@ -51,7 +51,8 @@ def main(argv=None) -> dict:
         draw(teacher(images, levels).importance)
 
     def kept_rows():
-        teacher(images, levels, draw=draw, rows_of=lambda mask: ops.cls_and_kept_rows(mask.ids_keep))
+        part = teacher.begin(images, levels)
+        teacher.finish(part, ops.cls_and_kept_rows(draw(part.importance).ids_keep))
 
     variants = {"every_row": every_row, "kept_rows": kept_rows}
     seconds = {name: [] for name in variants}

@@ -42,13 +42,14 @@ from bench_utils import Timer, environment, measure_peak_flops, memory_meter, pr
 from fastmim import ops  # noqa: E402
 from fastmim.data import build_loader  # noqa: E402
 from fastmim.data.base import DataConfig  # noqa: E402
+from fastmim.data_config import ImageSpec  # noqa: E402
 from fastmim.methods.configs import MAEConfig, MaskAlignConfig, MaskDistillConfig, MRMAEConfig  # noqa: E402
 from fastmim.methods.mae_reference import MAEReference  # noqa: E402
 from fastmim.methods.maskalign_reference import MaskAlignReference  # noqa: E402
 from fastmim.methods.maskdistill_reference import MaskDistillReference  # noqa: E402
 from fastmim.methods.registry import build_method  # noqa: E402
 from fastmim.train.optim import build_optimizer  # noqa: E402
-from fastmim.train.step import StepStats, train_step  # noqa: E402
+from fastmim.train.step import train_step  # noqa: E402
 from fastmim.train.precision import autocast_for, cpu_has_fast_bf16, warn_if_slow_bf16  # noqa: E402
 
 TEACHERS = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "clip_b16", "large": "clip_l14"}
@@ -87,23 +88,21 @@ def parse_args(argv=None):
 def method_config(args):
     teacher = TEACHERS[args.teacher_size]
     if args.method == "mae":
-        return MAEConfig(student=args.model, img_size=args.img_size)
+        return MAEConfig(student=args.model)
     if args.method == "mrmae":
-        return MRMAEConfig(student=args.model, img_size=args.img_size, teachers=(teacher,), teacher_weights=("random",))
+        return MRMAEConfig(student=args.model, teachers=(teacher,), teacher_weights=("random",))
     if args.method == "maskdistill":
-        return MaskDistillConfig(student=args.model, img_size=args.img_size, teacher=teacher, teacher_weights="random",
-                                 drop_path=0.0)
-    return MaskAlignConfig(student=args.model, img_size=args.img_size, teacher=teacher, teacher_weights="random",
-                           drop_path=0.0)
+        return MaskDistillConfig(student=args.model, teacher=teacher, teacher_weights="random", drop_path=0.0)
+    return MaskAlignConfig(student=args.model, teacher=teacher, teacher_weights="random", drop_path=0.0)
 
 
 def build_paths(args, device):
     torch.manual_seed(0)
-    cfg = method_config(args)
-    probe = build_method(cfg)
+    cfg, image = method_config(args), ImageSpec(args.img_size)
+    probe = build_method(cfg, image)
     if args.method == "maskalign" and probe.teacher.depth != probe.student.depth:
         cfg.fusion = "sum"  # e.g. ViT-L student on a 12-level teacher
-        probe = build_method(cfg)
+        probe = build_method(cfg, image)
     reference_method = copy.deepcopy(probe).to(device)
     fastmim_method = probe.prepare(device, args.dtype, args.compile)
     return fastmim_method, REFERENCES[args.method](reference_method).to(device)
@@ -115,10 +114,9 @@ class FastmimPath:
     def __init__(self, method, autocast):
         self.method, self.autocast = method, autocast
         self.optimizer = build_optimizer("adamw", method.param_groups(0.05), 1e-4, (0.9, 0.95))
-        self.stats = StepStats.zeros(next(method.parameters()).device)
 
     def step(self, images):
-        train_step(self.method, self.optimizer, [images], self.autocast, None, self.stats)
+        train_step(self.method, self.optimizer, [images], self.autocast, None)
 
     def staged_step(self, images, timer):
         """The same step cut at stage boundaries, for the breakdown (synchronized between stages)."""

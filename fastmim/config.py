@@ -2,26 +2,30 @@
 
 The `method` section is the dataclass of the method the recipe names (fastmim.methods.configs); config.yaml and
 checkpoints record that name as the top-level `method_name`, which reading a configuration back uses to pick the
-dataclass."""
+dataclass. Every value is checked against its field's declared type when it is set (fastmim.config_values), so a
+choice outside a `Literal` field's values is refused before anything else happens."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 import yaml
 
-from fastmim.config_values import ConfigValueError, coerce, declared_type, plain_number
-from fastmim.data_config import DataConfig
+from fastmim.config_values import (ConfigValueError, choices, coerce, declared_type, field_types, matches_description,
+                                   plain_number)
+from fastmim.data_config import DataConfig, Pair
 from fastmim.methods.configs import METHOD_CONFIGS, MaskAlignConfig, method_name
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adamw"          # adamw (torch fused) / apex_adam / apex_lamb (NVIDIA apex, if installed)
+    # adamw (torch's fused AdamW) / apex_adam / apex_lamb (NVIDIA apex, when installed)
+    optimizer: Literal["adamw", "apex_adam", "apex_lamb"] = "adamw"
     base_lr: float = 1.5e-4           # scaled by global batch / 256
     min_lr: float = 1e-5
     weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.95)
+    betas: Pair = (0.9, 0.95)
     warmup_epochs: float = 20
     clip_grad: float | None = None    # max gradient norm, None for no clipping
     accum_steps: int = 1              # micro-batches per optimizer step (effective batch = batch × world × accum)
@@ -33,9 +37,9 @@ class TrainConfig:
     max_steps: int | None = None      # stop after this many optimizer steps; the schedule still follows epochs
     output: str = "runs/maskalign"
     resume: str = "auto"              # auto / never / a checkpoint path
-    device: str = "auto"              # auto / cpu / cuda
-    kernels: str = "auto"             # auto / fused / reference
-    precision: str = "auto"           # auto (bf16 on CUDA, fp32 on the CPU) / bf16 / fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    kernels: Literal["auto", "fused", "reference"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on the CPU
     compile: bool = False             # torch.compile the student and teacher blocks
     seed: int = 0
     log_every: int = 20               # steps between gathered losses / metric lines (the only host syncs)
@@ -56,7 +60,7 @@ class EvalConfig:
     every: int = 1000                 # steps between evaluations (and one at the end of the run)
     per_class: int = 50               # bank images per class (the first after a fixed shuffle)
     val_per_class: int = 50           # query images per class
-    pooling: str = "cls"              # cls (after the final norm) / mean (of the patch tokens)
+    pooling: Literal["cls", "mean"] = "cls"  # CLS after the final norm / mean of the patch tokens
     k: int = 20
     temperature: float = 0.07
     batch_size: int = 256             # images per feature-extraction batch
@@ -76,7 +80,8 @@ def to_dict(cfg: Config) -> dict:
     return {"method_name": method_name(cfg.method), **dataclasses.asdict(cfg)}
 
 
-def to_yaml(cfg) -> str:
+def to_yaml(cfg, annotate: bool = False) -> str:
+    """The configuration as YAML; with `annotate`, each field that takes a fixed set of values says which."""
     def plain(value):  # tuples → lists so that safe_load reads the file back
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
@@ -84,16 +89,73 @@ def to_yaml(cfg) -> str:
             return [plain(v) for v in value]
         return value
 
-    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+    text = yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+    return "".join(annotated_lines(cfg, text)) if annotate else text
+
+
+def annotated_lines(cfg, text: str):
+    """The lines of `to_yaml`'s text, a `# one of: …` comment after each field with choices."""
+    section = None
+    for line in text.splitlines(keepends=True):
+        if not line.startswith(" ") and line.rstrip().endswith(":"):
+            section = getattr(cfg, line.rstrip()[:-1], None)
+        key, colon, value = line.strip().partition(":")
+        is_field = line.startswith("  ") and not line.startswith("   ") and colon and value.strip()
+        annotation = field_types(type(section)).get(key) if is_field and dataclasses.is_dataclass(section) else None
+        allowed = choices(annotation)
+        described = f"one of: {', '.join(map(str, allowed))}" if allowed else matches_description(annotation)
+        yield f"{line.rstrip()}  # {described}\n" if described else line
+
+
+def choice_fields() -> dict[str, str]:
+    """{'method.loss': 'smooth_l1, l2, l1, cosine', …}: every field (of every method's section) that takes a fixed
+    set of values or a pattern, with what it takes — for --help."""
+    sections = {f.name: [f.type] for f in dataclasses.fields(Config)}
+    sections["method"] = list(METHOD_CONFIGS.values())
+    found = {}
+    for section, classes in sections.items():
+        for cls in classes:
+            cls = cls if isinstance(cls, type) else field_types(Config)[section]
+            for name, annotation in field_types(cls).items():
+                allowed = choices(annotation)
+                described = ", ".join(map(str, allowed)) if allowed else matches_description(annotation)
+                if described:
+                    found.setdefault(f"{section}.{name}", described)
+    return found
+
+
+# The image was once a method field too (method.img_size, method.data_mean, method.data_std): a file that still
+# has them is read with them moved to the data section, or refused where the two disagreed.
+LEGACY_IMAGE_FIELDS = {"img_size": "img_size", "data_mean": "mean", "data_std": "std"}
+
+
+def move_legacy_image_fields(data: dict) -> dict:
+    method, image = dict(data.get("method") or {}), dict(data.get("data") or {})
+    for old, new in LEGACY_IMAGE_FIELDS.items():
+        if old not in method:
+            continue
+        value = method.pop(old)
+        if new in image and plain_list(image[new]) != plain_list(value):
+            raise ConfigValueError(
+                f"method.{old} ({value}) and data.{new} ({image[new]}) disagree; the image belongs to the data "
+                f"section alone now: delete method.{old} and keep data.{new} at the value the images have")
+        image.setdefault(new, value)
+    return {**data, "method": method, "data": image} if "method" in data else data
+
+
+def plain_list(value):
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def from_dict(data: dict) -> Config:
-    data = dict(data)
+    data = move_legacy_image_fields(dict(data))
     name = data.pop("method_name", "maskalign")
     if name not in METHOD_CONFIGS:
         raise ValueError(f"unknown method_name {name!r}; known methods: {', '.join(METHOD_CONFIGS)}")
     cfg = Config(method=METHOD_CONFIGS[name]())
     for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigValueError(f"{section} must be a section (a mapping of fields), got {values!r}")
         for key, value in values.items():
             set_field(cfg, f"{section}.{key}", value)
     return cfg
@@ -168,8 +230,6 @@ MINIMUMS = (
 )
 POSITIVE = (("optim.base_lr", None), ("optim.clip_grad", None), ("train.checkpoint_minutes", None),
             ("eval.temperature", None))
-CHOICES = {"train.device": ("auto", "cpu", "cuda"), "train.kernels": ("auto", "fused", "reference"),
-           "train.precision": ("auto", "bf16", "fp32"), "eval.pooling": ("cls", "mean")}
 
 
 def get_field(cfg, dotted: str):
@@ -192,9 +252,6 @@ def check_config(cfg: Config) -> None:
         value = get_field(cfg, dotted)
         if value is not None and not value > 0:
             raise ConfigValueError(f"{name(dotted, flag)} must be positive, got {value}")
-    for dotted, choices in CHOICES.items():
-        if get_field(cfg, dotted) not in choices:
-            raise ConfigValueError(f"{dotted} must be one of {', '.join(choices)}, got {get_field(cfg, dotted)!r}")
     if (cfg.eval.train is None) != (cfg.eval.val is None):
         given, missing = ("train", "val") if cfg.eval.val is None else ("val", "train")
         raise ConfigValueError(f"the k-NN monitor needs both eval.train and eval.val: eval.{given} is set, "

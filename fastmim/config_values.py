@@ -1,11 +1,14 @@
 """Values for configuration fields, checked against the field's declared type: what `--set`, `--config` and
 config.yaml give (YAML scalars, lists, mappings) becomes the int, float, bool, str, tuple, dict or None the
-dataclass declares, or a `ConfigValueError` naming the field, its type and the value. Light on purpose: the
-command line imports it before anything heavy."""
+dataclass declares, or a `ConfigValueError` naming the field, its type and the value. Choices are types too:
+`Literal["smooth_l1", "l2"]` takes one of its values, `Annotated[str, Matches(...)]` a string of a pattern, and
+`Annotated[tuple, Floats(3)]` exactly three numbers. Light on purpose: the command line imports it before
+anything heavy."""
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 
@@ -14,15 +17,63 @@ class ConfigValueError(ValueError):
     """A configuration value that does not fit its field."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Matches:
+    """`Annotated[str, Matches(pattern, described)]`: a string matching the whole of `pattern`."""
+    pattern: str
+    described: str
+
+    def check(self, value):
+        if not isinstance(value, str) or re.fullmatch(self.pattern, value) is None:
+            raise ValueError("no match")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Floats:
+    """`Annotated[tuple, Floats(n)]`: exactly `n` numbers, as floats."""
+    count: int
+
+    def check(self, value):
+        if len(value) != self.count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError("wrong length or element type")
+        return tuple(float(v) for v in value)
+
+
 @functools.cache
 def field_types(cls) -> dict[str, object]:
     """The declared types of a dataclass's fields (resolving `from __future__ import annotations` strings)."""
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def choices(annotation) -> tuple | None:
+    """The values a `Literal` field (or an optional one) allows, else None."""
+    members, _ = optional_parts(annotation)
+    for member in members:
+        if typing.get_origin(member) is typing.Literal:
+            return typing.get_args(member)
+    return None
+
+
+def matches_description(annotation) -> str | None:
+    """What an `Annotated[str, Matches(...)]` field takes, in words, else None."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return next((e.described for e in typing.get_args(annotation)[1:] if isinstance(e, Matches)), None)
+    return None
 
 
 def type_name(annotation) -> str:
     if annotation is type(None):
         return "None"
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(str(v) for v in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        described = [e.described if isinstance(e, Matches) else f"{e.count} numbers" for e in extras]
+        return " and ".join(described) or type_name(base)
+    members, nullable = optional_parts(annotation)
+    if len(members) > 1 or nullable:
+        return " or ".join(type_name(m) for m in members) + (" or null" if nullable else "")
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
@@ -54,6 +105,17 @@ def coerce(value, annotation, where: str):
 def coerce_one(value, kind):
     origin = typing.get_origin(kind) or kind
     if kind is object or kind is typing.Any:
+        return value
+    if origin is typing.Literal:
+        allowed = typing.get_args(kind)
+        if value in allowed and not isinstance(value, bool):
+            return value
+        raise ValueError("not one of the choices")
+    if origin is typing.Annotated:
+        base, *checks = typing.get_args(kind)
+        value = coerce_one(value, base)
+        for check in checks:
+            value = check.check(value)
         return value
     if origin is bool:
         if isinstance(value, bool):
@@ -112,3 +174,12 @@ def plain_number(value):
 def declared_type(target, name: str):
     """The declared type of field `name` of the dataclass instance `target`."""
     return field_types(type(target)).get(name, object) if dataclasses.is_dataclass(target) else object
+
+
+def check_fields(instance, prefix: str) -> None:
+    """Every field of the dataclass `instance` against its declared type (ConfigValueError naming the first that
+    does not fit): for configurations built in code rather than read through `--set` or a file."""
+    for name, annotation in field_types(type(instance)).items():
+        if typing.get_origin(annotation) is typing.ClassVar or annotation is typing.ClassVar:
+            continue
+        coerce(getattr(instance, name), annotation, f"{prefix}.{name}")

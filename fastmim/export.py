@@ -15,36 +15,31 @@ from pathlib import Path
 
 import torch
 
-from fastmim.constants import IMAGENET_MEAN, IMAGENET_STD
+from fastmim.checkpoint import load_checkpoint, read_config, student_arguments, student_weights
+from fastmim.config import Config
 
 
-PRETRAINING_ONLY = ("mask_token",)  # the dense student's token for masked patches: timm's ViT has none
+def timm_arguments(cfg: Config) -> tuple[str, dict]:
+    """(timm model name, keyword arguments) that rebuild a run's student: its size's timm name at its patch size
+    where timm has one (else the size's /16 or /14 model with patch_size); img_size when it is not 224,
+    init_values when it has layer scale."""
+    import timm
 
-
-def student_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
-    if "method" not in checkpoint:
-        raise ValueError("not a fastmim checkpoint: it has no 'method' entry")
-    prefix = "student."
-    return {k[len(prefix):]: v.contiguous() for k, v in checkpoint["method"].items()
-            if k.startswith(prefix) and k[len(prefix):] not in PRETRAINING_ONLY}
-
-
-def timm_arguments(checkpoint: dict) -> tuple[str, dict]:
-    """(timm model name, keyword arguments) that rebuild this student: its size's timm name; img_size when it is
-    not 224, init_values when it has layer scale."""
-    method = checkpoint.get("config", {}).get("method", {})
-    size, patch, img = method.get("student", "base"), method.get("patch_size", 16), method.get("img_size", 224)
-    kwargs = dict(method.get("student_kwargs", {}))
-    if method.get("init_values"):
-        kwargs["init_values"] = method["init_values"]
+    args = student_arguments(cfg)
+    size, patch, img = args.pop("size"), args.pop("patch_size"), args.pop("img_size")
+    kwargs = {k: v for k, v in args.items() if v is not None}
+    names = [f"vit_{size}_patch{p}_224" for p in (patch, 16, 14)]
+    name = next((n for n in names if timm.is_model(n)), names[0])
+    if name != names[0]:
+        kwargs["patch_size"] = patch  # e.g. ViT-H/16: timm names ViT-H/14 only
     if img != 224:
         kwargs["img_size"] = img
-    return f"vit_{size}_patch{patch}_224", kwargs
+    return name, kwargs
 
 
-def timm_call(checkpoint: dict, path: str) -> str:
-    """The timm call that rebuilds this student."""
-    name, kwargs = timm_arguments(checkpoint)
+def timm_call(cfg: Config, path: str) -> str:
+    """The timm call that rebuilds a run's student."""
+    name, kwargs = timm_arguments(cfg)
     extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
     return f"timm.create_model({name!r}{extra}, checkpoint_path={path!r})"
 
@@ -52,10 +47,9 @@ def timm_call(checkpoint: dict, path: str) -> str:
 def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 1000) -> str:
     from safetensors.torch import save_file
 
-    from fastmim.train.checkpoint import load_checkpoint
-
     checkpoint = load_checkpoint(Path(checkpoint_path))
-    state = student_state_dict(checkpoint)
+    cfg = read_config(checkpoint, checkpoint_path)
+    state = student_weights(checkpoint, pretraining_only=False)
     if head_classes > 0:
         dim = state["cls_token"].shape[-1]
         state["head.weight"] = torch.zeros(head_classes, dim)
@@ -63,14 +57,12 @@ def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 100
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    name, kwargs = timm_arguments(checkpoint)
-    data = checkpoint.get("config", {}).get("data", {})
+    name, kwargs = timm_arguments(cfg)
     metadata = {"format": "pt", "source": "fastmim", "timm_model": name, "timm_kwargs": json.dumps(kwargs),
-                "mean": json.dumps(list(data.get("mean", IMAGENET_MEAN))),
-                "std": json.dumps(list(data.get("std", IMAGENET_STD)))}  # what fastmim.evaluate rebuilds it from
+                "mean": json.dumps(list(cfg.data.mean)), "std": json.dumps(list(cfg.data.std))}  # for evaluate
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(out)
-    return timm_call(checkpoint, str(out))
+    return timm_call(cfg, str(out))
 
 
 def main(argv: list[str] | None = None) -> int:

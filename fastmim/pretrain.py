@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from fastmim.config import Config, check_config, from_dict, parse_assignment, set_field, to_yaml
+from fastmim.config import Config, check_config, choice_fields, from_dict, parse_assignment, set_field, to_yaml
 from fastmim.methods.configs import method_name
 from fastmim.recipes import RECIPES, describe, recipe
 
@@ -29,12 +29,18 @@ EPILOG = """examples:
 """
 
 
+def choices_epilog() -> str:
+    lines = [f"  {name:24} {allowed}" for name, allowed in choice_fields().items()]
+    return "fields with a fixed set of values (--set FIELD=VALUE):\n" + "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastmim.pretrain",
         description="Masked image modeling pretraining: MaskAlign, MAE, MR-MAE, MaskDistill. "
         "The recipe names the method and its settings; flags override the recipe; --set overrides any config field.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG + "\n" + choices_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False)
     p.add_argument("--recipe", choices=list(RECIPES), metavar="NAME",
                    help="named configuration to start from, which also names the method (default: demo; "
                    "--list-recipes shows them all)")
@@ -72,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field (checked "
                    "against its type; dict fields by dotted path), e.g. "
                    "method.mask_ratio=0.75, optim.base_lr=1e-4, train.log_every=50 (repeatable; see --print-config)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML (each field "
+                   "with a fixed set of values says which) and exit")
     p.add_argument("--list-recipes", action="store_true", help="list the recipes with their method and exit")
     return p
 
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {str(error).strip(chr(34))}\n")
     if args.print_config:
-        sys.stdout.write(to_yaml(cfg))
+        sys.stdout.write(to_yaml(cfg, annotate=True))
         return 0
     from fastmim.ops.selfcheck import KernelMismatchError
     from fastmim.train.trainer import Interrupted, Trainer  # heavy imports only when training

@@ -1,10 +1,21 @@
-"""Named recipes, one spelled-out function each; the first line of its docstring is what --list-recipes shows.
-The official ones follow the papers' settings (MaskAlign, MAE) or fastmim's reading of them (MR-MAE)."""
+"""Named recipes, one spelled-out function each, registered by the `@recipe_function` decorator (a new method's
+recipe registers itself the same way); the first line of its docstring is what --list-recipes shows. The
+official ones follow the papers' settings (MaskAlign, MAE) or fastmim's reading of them (MR-MAE, MaskDistill)."""
 from __future__ import annotations
+
+from typing import Callable
 
 from fastmim.config import Config
 from fastmim.data_config import DataConfig
 from fastmim.methods.configs import MAEConfig, MaskAlignConfig, MaskDistillConfig, MRMAEConfig
+
+RECIPES: dict[str, Callable[[], Config]] = {}  # name → the function that makes it, in definition order
+
+
+def recipe_function(fn: Callable[[], Config]) -> Callable[[], Config]:
+    """Register `fn` as the recipe named after it."""
+    RECIPES[fn.__name__] = fn
+    return fn
 
 
 def maskalign(student: str, teacher: str, drop_path: float, **method) -> Config:
@@ -15,21 +26,25 @@ def maskalign(student: str, teacher: str, drop_path: float, **method) -> Config:
     return cfg
 
 
+@recipe_function
 def maskalign_vit_base_clip_b16() -> Config:
     """MaskAlign, ViT-B/16 student, CLIP ViT-B/16 teacher: the paper's recipe (200 epochs, 85.4 fine-tune)."""
     return maskalign("base", "clip_b16", 0.1)
 
 
+@recipe_function
 def maskalign_vit_large_clip_b16() -> Config:
     """MaskAlign, ViT-L/16 student, CLIP ViT-B/16 teacher, `sum` fusion (24 student levels → 12)."""
     return maskalign("large", "clip_b16", 0.2, fusion="sum")
 
 
+@recipe_function
 def maskalign_vit_large_clip_l14() -> Config:
     """MaskAlign, ViT-L/16 student, CLIP ViT-L/14 teacher at 196 px (its 14×14 grid matches the student's)."""
     return maskalign("large", "clip_l14", 0.2)
 
 
+@recipe_function
 def maskalign_vit_base_dino_b16() -> Config:
     """MaskAlign, ViT-B/16 student, DINO ViT-B/16 teacher."""
     return maskalign("base", "dino_b16", 0.1)
@@ -49,11 +64,13 @@ def mae(student: str) -> Config:
     return cfg
 
 
+@recipe_function
 def mae_vit_base() -> Config:
     """MAE, ViT-B/16: the paper's recipe (1600 epochs, 83.6 fine-tune, 68.0 linear probe)."""
     return mae("base")
 
 
+@recipe_function
 def mae_vit_large() -> Config:
     """MAE, ViT-L/16: the paper's recipe (1600 epochs, 85.9 fine-tune)."""
     return mae("large")
@@ -73,11 +90,13 @@ def mrmae(teachers: tuple[str, ...]) -> Config:
     return cfg
 
 
+@recipe_function
 def mrmae_vit_base_clip_b16() -> Config:
     """MR-MAE (interpretation), ViT-B/16 student mimicking CLIP ViT-B/16 (paper: 85.0 fine-tune at 200 epochs)."""
     return mrmae(("clip_b16",))
 
 
+@recipe_function
 def mrmae_vit_base_clip_dino_b16() -> Config:
     """MR-MAE (interpretation), ViT-B/16 student mimicking CLIP ViT-B/16 and DINO ViT-B/16."""
     return mrmae(("clip_b16", "dino_b16"))
@@ -100,18 +119,20 @@ def maskdistill(student: str, teacher: str) -> Config:
     return cfg
 
 
+@recipe_function
 def maskdistill_vit_base_clip_b16() -> Config:
     """MaskDistill (interpretation), ViT-B/16 student, CLIP ViT-B/16 teacher (quoted: 85.3 fine-tune)."""
     return maskdistill("base", "clip_b16")
 
 
+@recipe_function
 def maskdistill_vit_large_clip_l14() -> Config:
     """MaskDistill (interpretation), ViT-L/16 student, CLIP ViT-L/14 teacher at 196 px."""
     return maskdistill("large", "clip_l14")
 
 
 def tiny_student() -> dict:
-    return dict(student="tiny", student_kwargs=dict(embed_dim=96, depth=4, num_heads=3), img_size=64, drop_path=0.0)
+    return dict(student="tiny", student_kwargs=dict(embed_dim=96, depth=4, num_heads=3), drop_path=0.0)
 
 
 def tiny_teacher() -> dict:
@@ -133,6 +154,7 @@ def demo_setup(cfg: Config, output: str) -> Config:
     return cfg
 
 
+@recipe_function
 def demo() -> Config:
     """MaskAlign on the CPU in minutes: a 4-block, 96-wide student, a random 4-block teacher, synthetic images."""
     cfg = Config()
@@ -141,6 +163,7 @@ def demo() -> Config:
     return demo_setup(cfg, "runs/demo")
 
 
+@recipe_function
 def demo_mae() -> Config:
     """MAE on the CPU in a minute: the demo's student on 8-px patches, a 2-block 64-wide decoder, synthetic images."""
     cfg = Config()
@@ -148,6 +171,7 @@ def demo_mae() -> Config:
     return demo_setup(cfg, "runs/demo_mae")
 
 
+@recipe_function
 def demo_mrmae() -> Config:
     """MR-MAE on the CPU in minutes: the MAE demo plus the mimic of a random 4-block teacher."""
     cfg = Config()
@@ -156,6 +180,7 @@ def demo_mrmae() -> Config:
     return demo_setup(cfg, "runs/demo_mrmae")
 
 
+@recipe_function
 def demo_maskdistill() -> Config:
     """MaskDistill on the CPU in minutes: the demo's student with layer scale and mask tokens, a random 4-block
     teacher, block masks, synthetic images."""
@@ -163,12 +188,6 @@ def demo_maskdistill() -> Config:
     cfg.method = MaskDistillConfig(**tiny_student(), teacher="vit_tiny_patch16_224", teacher_weights="random",
                                    **tiny_teacher())
     return demo_setup(cfg, "runs/demo_maskdistill")
-
-
-RECIPES = {fn.__name__: fn for fn in (
-    maskalign_vit_base_clip_b16, maskalign_vit_large_clip_b16, maskalign_vit_large_clip_l14,
-    maskalign_vit_base_dino_b16, mae_vit_base, mae_vit_large, mrmae_vit_base_clip_b16, mrmae_vit_base_clip_dino_b16,
-    maskdistill_vit_base_clip_b16, maskdistill_vit_large_clip_l14, demo, demo_mae, demo_mrmae, demo_maskdistill)}
 
 
 def recipe(name: str) -> Config:

@@ -3,7 +3,10 @@ import os
 import pytest
 import torch
 
+from fastmim.data_config import ImageSpec
 from fastmim.methods.maskalign import MaskAlignConfig
+
+TINY_IMAGE = ImageSpec(64)  # the tiny configurations' images: 64 px, ImageNet normalization
 
 
 # The review findings' tests run only against the emulated CUDA kernels, in the child session of
@@ -23,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 def tiny_config(**overrides) -> MaskAlignConfig:
     """A MaskAlign small enough for many CPU tests: 64 px images, 16 patches, depth-4 student and teacher."""
     params = dict(
-        student="tiny", student_kwargs=dict(embed_dim=64, depth=4, num_heads=2), img_size=64, drop_path=0.0,
+        student="tiny", student_kwargs=dict(embed_dim=64, depth=4, num_heads=2), drop_path=0.0,
         teacher="vit_tiny_patch16_224", teacher_weights="random", teacher_kwargs=dict(depth=4),
         level_weights="top2",
     )

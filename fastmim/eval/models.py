@@ -24,21 +24,16 @@ class EvalModel:
 
 
 def from_checkpoint(path: Path) -> EvalModel:
-    from fastmim.config import from_dict
+    from fastmim.checkpoint import load_checkpoint, read_config, student_arguments, student_weights
     from fastmim.models.vit import vit_model
-    from fastmim.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(path)
-    if "config" not in checkpoint:
-        raise ValueError(f"checkpoint {str(path)!r} holds no configuration to rebuild its student from")
-    cfg = from_dict(checkpoint["config"])
-    m = cfg.method
-    state = {k[len("student."):]: v for k, v in checkpoint["method"].items() if k.startswith("student.")}
-    student = vit_model(m.student, img_size=m.img_size, patch_size=m.patch_size,
-                        init_values=getattr(m, "init_values", None) or None, mask_token="mask_token" in state,
-                        **m.student_kwargs)
+    cfg = read_config(checkpoint, path)
+    state = student_weights(checkpoint)
+    student = vit_model(**student_arguments(cfg), mask_token="mask_token" in state)
     student.load_state_dict(state)
-    return EvalModel(student, m.img_size, tuple(cfg.data.mean), tuple(cfg.data.std),
+    image = cfg.data.image
+    return EvalModel(student, image.size, image.mean, image.std,
                      f"{checkpoint.get('method_name', 'fastmim')} student at step {checkpoint.get('step')}")
 
 

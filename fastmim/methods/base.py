@@ -2,7 +2,7 @@
 
 The trainer, the step, the metrics, checkpoints, export and the benchmarks only ever do:
 
-    method = build_method(cfg.method)          # fastmim.methods.registry: the config's class names the method
+    method = build_method(cfg.method, cfg.data.image)  # fastmim.methods.registry: the config's class names the method
     method.prepare(device, precision, compile)  # move, pick attention, bf16 teachers, torch.compile blocks
     groups = method.param_groups(weight_decay)  # the optimizer's parameter groups
     out = method(images)                        # MethodOutput: out.loss (scalar), out.terms {name: scalar}
@@ -13,6 +13,10 @@ The trainer, the step, the metrics, checkpoints, export and the benchmarks only 
 and, for the benchmarks' stage breakdown, `method.trained_pass(images, method.frozen_pass(images))`, which is
 what `method(images)` computes. Subclasses supply the two passes and what differs; frozen teachers are held
 here, outside the module tree: never trained, saved or synced by DDP, but moved and cast with the method.
+
+A method registers itself: a subclass that sets `config_class` (a fastmim.methods.configs dataclass, which
+carries the method's name) is added to `METHODS` under that name. Adding a method is its file, its
+configuration class and its recipe; nothing else lists methods.
 """
 from __future__ import annotations
 
@@ -22,7 +26,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from fastmim.config_values import check_fields
+from fastmim.data_config import ImageSpec
+
+from .configs import method_name
+from .flops import StepFlops
 from .masks import Mask
+
+METHODS: dict[str, type["Method"]] = {}  # method name → class, filled as the classes are defined
 
 
 @dataclass
@@ -34,10 +45,22 @@ class MethodOutput:
 
 
 class Method(nn.Module):
-    name: ClassVar[str]
+    config_class: ClassVar[type]  # its configuration dataclass, which names it
+    name: ClassVar[str]           # derived from config_class
 
-    def __init__(self):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            cls.name = method_name(cls.config_class)
+            METHODS[cls.name] = cls
+
+    def __init__(self, cfg, image: ImageSpec):
+        """cfg: an instance of `config_class`; image: the data's image spec (size, mean, std)."""
         super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(cfg).__name__}")
+        check_fields(cfg, "method")  # choices and types, for configurations built in code
+        self.cfg, self.image = cfg, image
         object.__setattr__(self, "teachers", [])  # not submodules: see the module docstring
         self.student: nn.Module
 
@@ -103,6 +126,11 @@ class Method(nn.Module):
                 (no_decay if self.no_weight_decay(name, param) else decay).append(param)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    def flops_per_image(self) -> float:
-        """Matrix-product FLOPs (2 per multiply-add) of one training step, forward and backward, per image."""
+    def step_flops(self) -> StepFlops:
+        """Matrix-product FLOPs (2 per multiply-add) of one training step per image, by part (fastmim.methods.flops
+        has the counting helpers)."""
         raise NotImplementedError
+
+    def flops_per_image(self) -> float:
+        """Matrix-product FLOPs of one training step, forward and backward, per image (for MFU)."""
+        return self.step_flops().total

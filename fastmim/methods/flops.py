@@ -1,4 +1,5 @@
-"""Analytic matmul FLOPs of one training step per image (2 FLOPs per multiply-add), for MFU.
+"""Analytic matmul FLOPs of one training step per image (2 FLOPs per multiply-add), for MFU: the counting
+helpers each method's `step_flops` composes.
 
 Counted: every matrix product — patch embeddings, qkv/proj/MLP linears, attention's QKᵀ and AV, the teachers'
 CLS-row importance, the DA mix, heads and decoders — as fastmim computes them (a teacher's last block at the
@@ -9,9 +10,6 @@ embedding, which needs only the weight gradient (the images need none).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from .masks import num_kept, num_masked
-
 
 @dataclass
 class StepFlops:
@@ -65,35 +63,6 @@ def student_flops(student, kept: int, depth: int) -> tuple[float, float]:
     return patch, depth * block_flops(1 + kept, student.embed_dim, hidden)
 
 
-def maskalign_step_flops(method) -> StepFlops:
-    cfg, s, teacher = method.cfg, method.student, method.teacher
-    kept = num_kept(s.num_patches, cfg.mask_ratio)
-    rows = None if cfg.target_norm == "batchnorm" else 1 + kept
-    teacher_forward = teacher_flops(teacher, method.levels, cfg.mask_mode == "attention", rows)
-    s_patch, s_blocks = student_flops(s, kept, max(method.student_levels))
-    t_dim, tokens = teacher.embed_dim, 1 + kept
-    levels, sources = len(method.levels), len(method.student_levels)
-    mix = 2 * levels * sources * tokens * s.embed_dim
-    heads = 2 * levels * tokens * s.embed_dim * t_dim
-    if cfg.head in ("mlp", "mlp2"):
-        heads = 2 * levels * tokens * (s.embed_dim * s.embed_dim + s.embed_dim * t_dim)
-    backward = 2 * (s_blocks + mix + heads) + s_patch
-    return StepFlops(teacher_forward, s_patch + s_blocks, mix + heads, backward)
-
-
-def maskdistill_step_flops(method) -> StepFlops:
-    """The student on every token (1 + N: its patch embedding on the kept patches only), the head and the
-    teacher's last block at the M masked rows."""
-    s, teacher = method.student, method.teacher
-    masked = num_masked(s.num_patches, method.cfg.mask_ratio)
-    kept = s.num_patches - masked
-    s_patch = 2 * kept * s.patch_embed.proj.weight[0].numel() * s.embed_dim
-    s_blocks = s.depth * block_flops(1 + s.num_patches, s.embed_dim, s.blocks[0].mlp.fc1.out_features)
-    head = 2 * masked * s.embed_dim * teacher.embed_dim
-    teacher_forward = teacher_flops(teacher, [teacher.depth], False, masked)
-    return StepFlops(teacher_forward, s_patch + s_blocks, head, 2 * (s_blocks + head) + s_patch)
-
-
 def decoder_flops(decoder, encoder_dim: int, kept: int) -> float:
     """MAE's decoder: the embedding of 1 + V tokens, its blocks on 1 + N tokens, the projection at the M masked
     ones."""
@@ -101,20 +70,3 @@ def decoder_flops(decoder, encoder_dim: int, kept: int) -> float:
     masked = decoder.num_patches - kept
     return (2 * (1 + kept) * encoder_dim * dim + len(decoder.blocks) * block_flops(1 + decoder.num_patches, dim, hidden)
             + 2 * masked * dim * decoder.pred.out_features)
-
-
-def mae_step_flops(method) -> StepFlops:
-    s = method.student
-    kept = num_kept(s.num_patches, method.cfg.mask_ratio)
-    s_patch, s_blocks = student_flops(s, kept, s.depth)
-    decoder = decoder_flops(method.decoder, s.embed_dim, kept)
-    return StepFlops(0.0, s_patch + s_blocks + decoder, 0.0, 2 * (s_blocks + decoder) + s_patch)
-
-
-def mrmae_step_flops(method) -> StepFlops:
-    mae = mae_step_flops(method)
-    kept = num_kept(method.student.num_patches, method.cfg.mask_ratio)
-    teachers = sum(teacher_flops(t, [t.depth], i == 0 and method.cfg.mask_mode == "attention", 1 + kept)
-                   for i, t in enumerate(method.teachers))
-    heads = sum(2 * (1 + kept) * method.student.embed_dim * t.embed_dim for t in method.teachers)
-    return StepFlops(teachers, mae.student_forward, heads, mae.backward + 2 * heads)

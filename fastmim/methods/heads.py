@@ -1,11 +1,14 @@
 """Dynamic Alignment mixing weights and the per-level heads (student width → teacher width)."""
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn as nn
 
-FUSIONS = ("linear", "sum", "simple")
-HEADS = ("linear", "norm_linear", "mlp", "mlp2")
+from .configs import Fusion, Head
+
+FUSIONS, HEADS = typing.get_args(Fusion), typing.get_args(Head)
 
 
 def initial_mix(fusion: str, teacher_depth: int, student_depth: int) -> torch.Tensor | None:

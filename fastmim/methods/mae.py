@@ -9,12 +9,14 @@ from dataclasses import dataclass
 import torch
 
 from fastmim import ops
+from fastmim.data_config import ImageSpec
 from fastmim.models.decoder import MAEDecoder
 from fastmim.models.vit import VisionTransformer
 
 from .base import Method, MethodOutput
+from .builders import build_student
 from .configs import MAEConfig
-from .maskalign import build_student
+from .flops import StepFlops, decoder_flops, student_flops
 from .masks import Mask, num_kept, random_mask
 
 
@@ -24,13 +26,12 @@ class MAEFrozen:
 
 
 class MAE(Method):
-    name = "mae"
+    config_class = MAEConfig
 
-    def __init__(self, cfg: MAEConfig):
-        super().__init__()
+    def __init__(self, cfg: MAEConfig, image: ImageSpec):
+        super().__init__(cfg, image)
         num_kept(1, cfg.mask_ratio)  # validates the ratio
-        self.cfg = cfg
-        self.student: VisionTransformer = build_student(cfg)
+        self.student: VisionTransformer = build_student(cfg, image)
         s = self.student
         self.decoder = MAEDecoder(s.grid, s.embed_dim, s.patch_size * s.patch_size * s.in_chans, cfg.decoder_dim,
                                   cfg.decoder_depth, cfg.decoder_heads)
@@ -57,7 +58,9 @@ class MAE(Method):
         _, pixel = self.reconstruct(images, frozen.mask)
         return MethodOutput(pixel, {"pixel": pixel}, frozen.mask)
 
-    def flops_per_image(self) -> float:
-        from .flops import mae_step_flops
-
-        return mae_step_flops(self).total
+    def step_flops(self) -> StepFlops:
+        s = self.student
+        kept = num_kept(s.num_patches, self.cfg.mask_ratio)
+        s_patch, s_blocks = student_flops(s, kept, s.depth)
+        decoder = decoder_flops(self.decoder, s.embed_dim, kept)
+        return StepFlops(0.0, s_patch + s_blocks + decoder, 0.0, 2 * (s_blocks + decoder) + s_patch)

@@ -3,50 +3,41 @@ through Dynamic Alignment and per-level heads its features at those tokens are a
 features of the same tokens on the full image. No mask tokens, no decoder, no reconstruction."""
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from fastmim import ops
-from fastmim.models.teacher import Teacher, TeacherOutput
-from fastmim.models.vit import VisionTransformer, vit_model
+from fastmim.data_config import ImageSpec
+from fastmim.models.teacher import Teacher
+from fastmim.models.vit import VisionTransformer
 
 from .base import Method, MethodOutput
 from .configs import MaskAlignConfig
+from .flops import StepFlops, student_flops, teacher_flops
 from .heads import initial_mix, make_head
 from .level_weights import level_weights
-from .masks import MASK_MODES, Mask, draw_mask, num_kept
-from .targets import TARGET_NORMS, batchnorm_targets
-
-LOSSES = ("smooth_l1", "l2", "l1", "cosine")
-
-
-def check_options(cfg: MaskAlignConfig) -> None:
-    for name, value, choices in (("loss", cfg.loss, LOSSES), ("target_norm", cfg.target_norm, TARGET_NORMS),
-                                 ("mask_mode", cfg.mask_mode, MASK_MODES)):
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    num_kept(1, cfg.mask_ratio)  # validates the ratio
+from .masks import Mask, draw_mask, num_kept
+from .builders import build_student, build_teacher
+from .targets import batchnorm_targets
 
 
-def build_student(cfg) -> VisionTransformer:
-    student = vit_model(cfg.student, img_size=cfg.img_size, patch_size=cfg.patch_size, drop_path=cfg.drop_path,
-                        **cfg.student_kwargs)
-    student.set_attention_backend(cfg.attn_backend, "cpu")  # checks the backend before any work
-    return student
+@dataclass
+class MaskAlignFrozen:
+    mask: Mask
+    levels: torch.Tensor                # [L, B, 1+N, Dt]: the supervised teacher levels
+    importance: torch.Tensor | None     # [B, N] in attention mode
 
 
 class MaskAlign(Method):
-    name = "maskalign"
+    config_class = MaskAlignConfig
 
-    def __init__(self, cfg: MaskAlignConfig, teacher: Teacher | None = None):
-        super().__init__()
-        check_options(cfg)
-        self.cfg = cfg
-        self.student: VisionTransformer = build_student(cfg)
-        teacher = teacher or Teacher(cfg.teacher, self.student.grid, cfg.teacher_weights,
-                                     cfg.data_mean, cfg.data_std, **cfg.teacher_kwargs)
+    def __init__(self, cfg: MaskAlignConfig, image: ImageSpec, teacher: Teacher | None = None):
+        super().__init__(cfg, image)
+        num_kept(1, cfg.mask_ratio)  # validates the ratio
+        self.student: VisionTransformer = build_student(cfg, image)
+        teacher = teacher or build_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_kwargs, self.student, image)
         self.set_teachers([teacher])
         self.weights_by_level = level_weights(cfg.level_weights, teacher.depth)
         self.levels = sorted(self.weights_by_level)
@@ -115,18 +106,19 @@ class MaskAlign(Method):
             return batchnorm_targets(teacher_levels), "none"
         return teacher_levels, self.cfg.target_norm
 
-    def frozen_pass(self, images: torch.Tensor) -> TeacherOutput:
-        """The supervised teacher levels and the mask, drawn inside the teacher's forward (from its importance in
-        attention mode) so that its last block runs at the CLS and kept rows only — except for batchnorm
-        targets, whose statistics cover every row."""
+    def frozen_pass(self, images: torch.Tensor) -> MaskAlignFrozen:
+        """The mask (from the teacher's importance in attention mode), then the supervised teacher levels, the
+        last one at the CLS and kept rows only — except for batchnorm targets, whose statistics cover every
+        row."""
         cfg = self.cfg
-        draw = functools.partial(draw_mask, cfg.mask_mode, cfg.mask_ratio, images.shape[0],
-                                 self.student.num_patches, images.device)
-        rows_of = None if cfg.target_norm == "batchnorm" else (lambda mask: ops.cls_and_kept_rows(mask.ids_keep))
-        return self.teacher(images, self.levels, importance=cfg.mask_mode == "attention", draw=draw,
-                            rows_of=rows_of)
+        part = self.teacher.begin(images, self.levels, importance=cfg.mask_mode == "attention")
+        mask = draw_mask(cfg.mask_mode, cfg.mask_ratio, images.shape[0], self.student.num_patches, images.device,
+                         part.importance)
+        rows = None if cfg.target_norm == "batchnorm" else ops.cls_and_kept_rows(mask.ids_keep)
+        out = self.teacher.finish(part, rows)
+        return MaskAlignFrozen(mask, out.levels, out.importance)
 
-    def trained_pass(self, images: torch.Tensor, frozen: TeacherOutput) -> MethodOutput:
+    def trained_pass(self, images: torch.Tensor, frozen: MaskAlignFrozen) -> MethodOutput:
         """The student on the kept patches, DA + heads, the loss."""
         mask: Mask = frozen.mask
         hidden = self.student(images, mask.ids_keep, depth=max(self.student_levels))
@@ -144,7 +136,17 @@ class MaskAlign(Method):
         """None on biases, norms, position embedding, CLS token and DA weights."""
         return super().no_weight_decay(name, param) or name in ("mix", "student.cls_token", "student.pos_embed")
 
-    def flops_per_image(self) -> float:
-        from .flops import maskalign_step_flops
-
-        return maskalign_step_flops(self).total
+    def step_flops(self) -> StepFlops:
+        cfg, s, teacher = self.cfg, self.student, self.teacher
+        kept = num_kept(s.num_patches, cfg.mask_ratio)
+        rows = None if cfg.target_norm == "batchnorm" else 1 + kept
+        teacher_forward = teacher_flops(teacher, self.levels, cfg.mask_mode == "attention", rows)
+        s_patch, s_blocks = student_flops(s, kept, max(self.student_levels))
+        t_dim, tokens = teacher.embed_dim, 1 + kept
+        levels, sources = len(self.levels), len(self.student_levels)
+        mix = 2 * levels * sources * tokens * s.embed_dim
+        heads = 2 * levels * tokens * s.embed_dim * t_dim
+        if cfg.head in ("mlp", "mlp2"):
+            heads = 2 * levels * tokens * (s.embed_dim * s.embed_dim + s.embed_dim * t_dim)
+        backward = 2 * (s_blocks + mix + heads) + s_patch
+        return StepFlops(teacher_forward, s_patch + s_blocks, mix + heads, backward)

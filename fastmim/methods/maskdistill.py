@@ -11,15 +11,16 @@ from dataclasses import dataclass
 import torch
 
 from fastmim import ops
+from fastmim.data_config import ImageSpec
 from fastmim.models.teacher import Teacher
-from fastmim.models.vit import VisionTransformer, vit_model
+from fastmim.models.vit import VisionTransformer
 
 from .base import Method, MethodOutput
+from .builders import build_student, build_teacher
 from .configs import MaskDistillConfig
+from .flops import StepFlops, block_flops, student_flops, teacher_flops
 from .heads import xavier_linear
 from .masks import Mask, block_mask, num_masked
-
-LOSSES = ("smooth_l1", "l2", "l1", "cosine")
 
 
 @dataclass
@@ -34,22 +35,16 @@ def masked_rows(mask: Mask) -> torch.Tensor:
 
 
 class MaskDistill(Method):
-    name = "maskdistill"
+    config_class = MaskDistillConfig
 
-    def __init__(self, cfg: MaskDistillConfig):
-        super().__init__()
-        if cfg.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {list(LOSSES)}, got {cfg.loss!r}")
+    def __init__(self, cfg: MaskDistillConfig, image: ImageSpec):
+        super().__init__(cfg, image)
         if cfg.beta < 0:
             raise ValueError(f"beta must be non-negative, got {cfg.beta}")
-        self.cfg = cfg
-        self.student: VisionTransformer = vit_model(
-            cfg.student, img_size=cfg.img_size, patch_size=cfg.patch_size, drop_path=cfg.drop_path,
-            init_values=cfg.init_values or None, mask_token=True, **cfg.student_kwargs)
-        self.student.set_attention_backend(cfg.attn_backend, "cpu")
+        self.student: VisionTransformer = build_student(cfg, image, init_values=cfg.init_values or None,
+                                                        mask_token=True)
         num_masked(self.student.num_patches, cfg.mask_ratio)  # validates the ratio
-        teacher = Teacher(cfg.teacher, self.student.grid, cfg.teacher_weights, cfg.data_mean, cfg.data_std,
-                          **cfg.teacher_kwargs)
+        teacher = build_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_kwargs, self.student, image)
         self.set_teachers([teacher])
         self.head = xavier_linear(self.student.embed_dim, teacher.embed_dim)
 
@@ -60,8 +55,8 @@ class MaskDistill(Method):
     def frozen_pass(self, images: torch.Tensor) -> MaskDistillFrozen:
         s = self.student
         mask = block_mask(images.shape[0], s.grid, s.grid, self.cfg.mask_ratio, images.device)
-        out = self.teacher(images, [self.teacher.depth], importance=False, draw=lambda _: mask, rows_of=masked_rows)
-        return MaskDistillFrozen(mask, out.levels)
+        target = self.teacher(images, [self.teacher.depth], importance=False, rows=masked_rows(mask)).levels
+        return MaskDistillFrozen(mask, target)
 
     def trained_pass(self, images: torch.Tensor, frozen: MaskDistillFrozen) -> MethodOutput:
         rows = masked_rows(frozen.mask)
@@ -75,7 +70,13 @@ class MaskDistill(Method):
         """BEiT v2's: none on biases, 1-D tensors (norms, layer scale) and the CLS token."""
         return super().no_weight_decay(name, param) or name == "student.cls_token"
 
-    def flops_per_image(self) -> float:
-        from .flops import maskdistill_step_flops
-
-        return maskdistill_step_flops(self).total
+    def step_flops(self) -> StepFlops:
+        """The student on every token (1 + N: its patch embedding on the kept patches only), the head and the
+        teacher's last block at the M masked rows."""
+        s, teacher = self.student, self.teacher
+        masked = num_masked(s.num_patches, self.cfg.mask_ratio)
+        s_patch, _ = student_flops(s, s.num_patches - masked, 0)
+        s_blocks = s.depth * block_flops(1 + s.num_patches, s.embed_dim, s.blocks[0].mlp.fc1.out_features)
+        head = 2 * masked * s.embed_dim * teacher.embed_dim
+        teacher_forward = teacher_flops(teacher, [teacher.depth], False, masked)
+        return StepFlops(teacher_forward, s_patch + s_blocks, head, 2 * (s_blocks + head) + s_patch)

@@ -12,16 +12,15 @@ import torch
 import torch.nn as nn
 
 from fastmim import ops
-from fastmim.models.teacher import Teacher
+from fastmim.data_config import ImageSpec
 
 from .base import MethodOutput
+from .builders import build_teacher
 from .configs import MRMAEConfig
+from .flops import StepFlops, teacher_flops
 from .heads import xavier_linear
 from .mae import MAE
-from .masks import Mask, draw_mask
-
-LOSSES = ("smooth_l1", "l2", "l1", "cosine")
-MRMAE_MASK_MODES = ("random", "attention")  # the paper's two; block masks are MaskDistill's
+from .masks import Mask, draw_mask, num_kept
 
 
 @dataclass
@@ -46,20 +45,15 @@ def check_options(cfg: MRMAEConfig) -> None:
         raise ValueError(f"teachers must name one or two teachers, got {list(cfg.teachers)}")
     for name in ("teacher_weights", "mimic_weights"):
         per_teacher(cfg, name)
-    for name, value, choices in (("mimic_loss", cfg.mimic_loss, LOSSES),
-                                 ("mask_mode", cfg.mask_mode, MRMAE_MASK_MODES)):
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 class MRMAE(MAE):
-    name = "mrmae"
+    config_class = MRMAEConfig
 
-    def __init__(self, cfg: MRMAEConfig):
+    def __init__(self, cfg: MRMAEConfig, image: ImageSpec):
         check_options(cfg)
-        super().__init__(cfg)
-        grid = self.student.grid
-        self.set_teachers([Teacher(name, grid, weights, cfg.data_mean, cfg.data_std, **cfg.teacher_kwargs)
+        super().__init__(cfg, image)
+        self.set_teachers([build_teacher(name, weights, cfg.teacher_kwargs, self.student, image)
                            for name, weights in zip(cfg.teachers, per_teacher(cfg, "teacher_weights"))])
         self.mimic_weights = per_teacher(cfg, "mimic_weights")
         self.mimic_heads = nn.ModuleList(xavier_linear(self.student.embed_dim, t.embed_dim) for t in self.teachers)
@@ -69,17 +63,12 @@ class MRMAE(MAE):
         """The mask (from the first teacher's importance in attention mode), then every teacher's last level at
         the CLS and kept rows only."""
         cfg, first = self.cfg, self.teachers[0]
-
-        def draw(importance):
-            return draw_mask(cfg.mask_mode, cfg.mask_ratio, images.shape[0], self.student.num_patches, images.device,
-                             importance)
-
-        rows_of = lambda mask: ops.cls_and_kept_rows(mask.ids_keep)  # noqa: E731
-        out = first(images, [first.depth], importance=cfg.mask_mode == "attention", draw=draw, rows_of=rows_of)
-        mask, targets = out.mask, [out.levels]
-        for teacher in self.teachers[1:]:
-            targets.append(teacher(images, [teacher.depth], importance=False, draw=lambda _: mask,
-                                   rows_of=rows_of).levels)
+        part = first.begin(images, [first.depth], importance=cfg.mask_mode == "attention")
+        mask = draw_mask(cfg.mask_mode, cfg.mask_ratio, images.shape[0], self.student.num_patches, images.device,
+                         part.importance)
+        rows = ops.cls_and_kept_rows(mask.ids_keep)
+        targets = [first.finish(part, rows).levels]
+        targets += [t(images, [t.depth], importance=False, rows=rows).levels for t in self.teachers[1:]]
         return MRMAEFrozen(mask, targets)
 
     def trained_pass(self, images: torch.Tensor, frozen: MRMAEFrozen) -> MethodOutput:
@@ -93,7 +82,12 @@ class MRMAE(MAE):
             total = total + weight * mimic
         return MethodOutput(total, terms, frozen.mask)
 
-    def flops_per_image(self) -> float:
-        from .flops import mrmae_step_flops
-
-        return mrmae_step_flops(self).total
+    def step_flops(self) -> StepFlops:
+        """MAE's, plus each teacher's forward (the first one's importance in attention mode) with its last block
+        at the CLS and kept rows, and the mimic heads there."""
+        mae = super().step_flops()
+        kept = num_kept(self.student.num_patches, self.cfg.mask_ratio)
+        teachers = sum(teacher_flops(t, [t.depth], i == 0 and self.cfg.mask_mode == "attention", 1 + kept)
+                       for i, t in enumerate(self.teachers))
+        heads = sum(2 * (1 + kept) * self.student.embed_dim * t.embed_dim for t in self.teachers)
+        return StepFlops(teachers, mae.student_forward, heads, mae.backward + 2 * heads)

@@ -1,16 +1,15 @@
-"""The methods by name: the trainer builds whichever one the configuration's `method` section describes."""
+"""The methods by name: the trainer builds whichever one the configuration's `method` section describes. Each
+method class registers itself (fastmim.methods.base.METHODS); importing the built-in ones here fills the
+registry."""
 from __future__ import annotations
 
-from .base import Method
+from fastmim.data_config import ImageSpec
+
+from . import mae, maskalign, maskdistill, mrmae  # noqa: F401  (each registers its method on import)
+from .base import METHODS, Method
 from .configs import method_name
-from .mae import MAE
-from .maskalign import MaskAlign
-from .maskdistill import MaskDistill
-from .mrmae import MRMAE
-
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (MaskAlign, MAE, MRMAE, MaskDistill)}
 
 
-def build_method(cfg) -> Method:
-    """The method whose configuration dataclass `cfg` is (fastmim.methods.configs)."""
-    return METHODS[method_name(cfg)](cfg)
+def build_method(cfg, image: ImageSpec) -> Method:
+    """The method whose configuration dataclass `cfg` is (fastmim.methods.configs), for images of `image`."""
+    return METHODS[method_name(cfg)](cfg, image)

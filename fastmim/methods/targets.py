@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-TARGET_NORMS = ("layernorm", "l2", "batchnorm", "none")
-
 
 def batchnorm_targets(levels: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """levels [L, B, T, D] → each level standardized by its own global statistics (float32)."""

@@ -1,7 +1,13 @@
 """The frozen teacher: any timm ViT, run on the full image, returning the requested block outputs and the
-masking importance from the last block's CLS-query attention row (never the attention maps). Given the mask
-draw and the rows a method reads, it runs the rest of its last block at those rows only
-(teacher_last_block.py).
+masking importance from the last block's CLS-query attention row (never the attention maps). It runs in two
+calls so that the method can draw its mask in between and hand back the rows it reads, at which alone the
+last block is then finished (teacher_last_block.py):
+
+    part = teacher.begin(images, levels, importance=True)   # every block but the last; K and the importance
+    mask = draw from part.importance                         # the method's code, not the teacher's
+    out = teacher.finish(part, rows)                          # TeacherOutput: levels [L, B, 1+N, D], importance
+
+`teacher(images, levels, rows=rows)` does both when the rows are known before the teacher runs.
 
 Known aliases: clip_b16, clip_l14, dino_b16 (DESIGN §1); any other timm VisionTransformer name works by the
 same rule: its input is resized so that its patch grid equals the student's.
@@ -19,7 +25,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from fastmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
-from .teacher_last_block import DrawFn, LastBlockOutput, RowsFn, draw_outside_inference, last_block
+from .teacher_last_block import cls_importance, keys, rows_output
 from .teacher_hub import create_from_hub
 from .teacher_weights import load_teacher_weights
 
@@ -35,7 +41,17 @@ TEACHER_ALIASES = {
 class TeacherOutput:
     levels: torch.Tensor                 # [L, B, 1+N, D]: CLS row then patch rows, register tokens dropped
     importance: torch.Tensor | None      # [B, N]: CLS→patch attention, softmax over all keys, head mean
-    mask: object | None = None           # what the forward's `draw` returned
+
+
+@dataclass
+class TeacherPass:
+    """A forward stopped before the last block (`Teacher.begin`), for `Teacher.finish` to complete."""
+    levels: list[int]                    # the levels asked for
+    outputs: dict[int, torch.Tensor]     # those computed so far, [B, 1+N, D] each
+    x: torch.Tensor | None               # the last block's input [B, T, D]; None when it need not run
+    y: torch.Tensor | None               # its first norm's output
+    k: torch.Tensor | None               # its keys [B, H, T, head_dim]
+    importance: torch.Tensor | None      # [B, N] when asked for
 
 
 def resolve_teacher_name(name: str) -> str:
@@ -155,39 +171,48 @@ class Teacher(nn.Module):
             return x
         return torch.cat([x[:, :1], x[:, self.num_prefix:]], dim=1)
 
-    def last_level(self, out: LastBlockOutput) -> torch.Tensor:
+    def last_level(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """The last level in the CLS + patches layout [B, 1+N, D] from its computed rows: zeros where the block
         was not run (rows the method never reads)."""
-        if out.rows is None:
-            return self.select_tokens(out.x)
-        b, _, d = out.x.shape
-        level = out.x.new_zeros(b, 1 + self.model.patch_embed.num_patches, d)
-        return level.scatter_(1, out.rows[..., None].expand(-1, -1, d), out.x)
+        if rows is None:
+            return self.select_tokens(x)
+        b, _, d = x.shape
+        level = x.new_zeros(b, 1 + self.model.patch_embed.num_patches, d)
+        return level.scatter_(1, rows[..., None].expand(-1, -1, d), x)
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor, levels: list[int], importance: bool = True, draw: DrawFn | None = None,
-                rows_of: RowsFn | None = None) -> TeacherOutput:
-        """levels: 1-based block indices whose outputs are wanted. draw: optional mask draw, importance (None
-        without it) → mask, called as soon as the importance is known, and returned. rows_of: mask → the rows
-        [B, R] (CLS = 0, patch n = 1 + n) the last level is wanted at; it is then computed there only (zeros
-        elsewhere). Without rows_of, or without a mask, the last level covers every row."""
+    def begin(self, images: torch.Tensor, levels: list[int], importance: bool = True) -> TeacherPass:
+        """Every block but the last (or only up to the deepest level asked for, when the last block is needed
+        for neither a level nor the importance), then the last block's keys and, when asked, the importance.
+        levels: 1-based block indices whose outputs are wanted."""
         bad = [level for level in levels if not 1 <= level <= self.depth]
         if bad:
             raise ValueError(f"teacher levels must be in 1..{self.depth}, got {bad}")
         m = self.model
         x = m.norm_pre(m._pos_embed(m.patch_embed(self.prepare(images))))
-        wanted, outputs = set(levels), {}
-        run_last = importance or self.depth in wanted
+        run_last = importance or self.depth in levels
+        outputs = {}
         for index, block in enumerate(m.blocks[: self.depth - 1 if run_last else max(levels)], start=1):
             x = block(x)
-            if index in wanted:
+            if index in levels:
                 outputs[index] = self.select_tokens(x)
-        last = LastBlockOutput(None, None, None, None)
-        if run_last:
-            last = last_block(m.blocks[-1], x, self.num_prefix, importance, draw, self.depth in wanted, rows_of)
-            if last.x is not None:
-                outputs[self.depth] = self.last_level(last)
-        mask = last.mask
-        if draw is not None and mask is None:  # the mask did not wait for the last block
-            mask = draw_outside_inference(draw, None)
-        return TeacherOutput(torch.stack([outputs[level] for level in levels]), last.importance, mask)
+        if not run_last:
+            return TeacherPass(list(levels), outputs, None, None, None, None)
+        y, k = keys(m.blocks[-1], x)
+        weights = cls_importance(m.blocks[-1], y, k, self.num_prefix) if importance else None
+        return TeacherPass(list(levels), outputs, x, y, k, weights)
+
+    @torch.inference_mode()
+    def finish(self, part: TeacherPass, rows: torch.Tensor | None = None) -> TeacherOutput:
+        """The levels asked for [L, B, 1+N, D]; the last one (when asked for) computed at level rows `rows` [B, R]
+        only (CLS = 0, patch n = 1 + n; zeros elsewhere), or at every row when rows is None."""
+        outputs = dict(part.outputs)
+        if self.depth in part.levels:
+            x = rows_output(self.model.blocks[-1], part.x, part.y, part.k, rows, self.num_prefix)
+            outputs[self.depth] = self.last_level(x, rows)
+        return TeacherOutput(torch.stack([outputs[level] for level in part.levels]), part.importance)
+
+    def forward(self, images: torch.Tensor, levels: list[int], importance: bool = True,
+                rows: torch.Tensor | None = None) -> TeacherOutput:
+        """`begin` and `finish` in one call, for rows known before the teacher runs (or every row)."""
+        return self.finish(self.begin(images, levels, importance), rows)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fastmim.config import EvalConfig
+from fastmim.data_config import ImageSpec
 from fastmim.eval.data import image_folder
 from fastmim.eval.features import eval_transform, extract
 from fastmim.eval.knn import knn_accuracy
@@ -43,11 +44,11 @@ def balanced_share(labels: list[int], per_class: int, rank: int, world_size: int
 
 
 class KnnMonitor:
-    def __init__(self, cfg: EvalConfig, img_size: int, mean, std, rank: int, world_size: int):
+    def __init__(self, cfg: EvalConfig, image: ImageSpec, rank: int, world_size: int):
         from torch.utils.data import Subset
 
         self.cfg = cfg
-        transform = eval_transform(img_size, mean, std)
+        transform = eval_transform(image.size, image.mean, image.std)
         bank = image_folder(cfg.train, transform)
         queries = image_folder(cfg.val, transform, bank.classes)
         self.bank = Subset(bank, balanced_share(bank.targets, cfg.per_class, rank, world_size))

@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-
-def finite_or_none(value):
-    """JSON has no NaN or infinity: a value that is not finite is written as null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+from .metrics import json_safe
 
 
 def write_summary(folder: Path, summary: dict) -> None:
-    clean = {key: finite_or_none(value) for key, value in summary.items()}
+    clean = {key: json_safe(value) for key, value in summary.items()}
     (Path(folder) / "summary.json").write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
 
 

@@ -7,21 +7,22 @@ import importlib.util
 import signal
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from fastmim import ops
-from fastmim.ops import _extension, selfcheck
+from fastmim.checkpoint import load_checkpoint, process_state, resolve_resume, save_checkpoint, training_state
 from fastmim.config import Config, from_dict, to_dict, to_yaml
 from fastmim.data import build_loader
 from fastmim.methods.base import Method
 from fastmim.methods.registry import build_method
+from fastmim.ops import _extension, selfcheck
 
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from .metrics import MetricsWriter, read_metrics
+from .metrics import LoggingPlan, MetricsProcessor, MetricsWriter, NonFiniteLossError, Votes, read_metrics
 from .monitor import KnnMonitor, check_folders
 from .optim import build_optimizer, set_lr
 from .peak import peak_flops
@@ -29,14 +30,12 @@ from .precision import autocast_for, resolve_precision
 from .progress import ProgressReporter
 from .report import plot_loss_curve, print_summary, write_summary
 from .resume_check import compare
-from .run_folder import check_output, clear_run, holds_run
 from .rng import get_rng_state, set_rng_state
+from .run_folder import check_output, clear_run, holds_run
 from .schedule import learning_rate, peak_lr
-from .step import StepStats, train_step
+from .step import train_step
 
-
-class NonFiniteLossError(RuntimeError):
-    pass
+__all__ = ["Interrupted", "NonFiniteLossError", "Trainer"]
 
 
 class Interrupted(Exception):
@@ -92,6 +91,14 @@ def check_kernels_on(device: torch.device, mode: str) -> None:
     ops.set_kernels("reference")
 
 
+@dataclass
+class Resumed:
+    """The checkpoint a run continues: where it is, what it holds, and the settings changed since it was saved."""
+    path: Path
+    state: dict | None
+    changes: list[str] = field(default_factory=list)
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -121,15 +128,10 @@ class Trainer:
         self.warmup_steps = int(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.optimizer = build_optimizer(cfg.optim.optimizer, self.method.param_groups(cfg.optim.weight_decay),
                                          self.peak_lr, cfg.optim.betas)
-        self.nonfinite_seen = 0  # non-finite steps since this process started (read at logging points)
-        self.changed_on_resume: list[str] = []
-        self.last_knn: dict = {}  # the monitor's latest result (rank 0), for summary.json
         self.autocast = autocast_for(self.device, self.precision)
-        self.flops_per_image = self.method.flops_per_image()
-        self.peak_flops = peak_flops(self.device, self.precision)  # per device; None where unknown
         # Resolved and loaded here, before any work, so a bad --resume is reported like any other bad input.
-        self.resume_path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
-        self.resumed_state = self.restore(self.resume_path) if self.resume_path else None
+        path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
+        self.resumed = self.restore(path) if path else None
 
     # --- construction -------------------------------------------------------------------------------
     def _check_fresh_start(self, cfg: Config) -> bool:
@@ -148,12 +150,12 @@ class Trainer:
         check_folders(cfg.eval)
         if not self.dist.is_main:
             return None
-        return KnnMonitor(cfg.eval, cfg.data.img_size, cfg.data.mean, cfg.data.std, self.dist.rank,
-                          self.dist.world_size)
+        return KnnMonitor(cfg.eval, cfg.data.image, self.dist.rank, self.dist.world_size)
 
     def _build_method(self) -> Method:
         torch.manual_seed(self.cfg.train.seed)  # identical teachers and initial student on every rank
-        method = build_method(self.cfg.method).prepare(self.device, self.precision, self.cfg.train.compile)
+        method = build_method(self.cfg.method, self.cfg.data.image)
+        method.prepare(self.device, self.precision, self.cfg.train.compile)
         torch.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank)  # masks and drop path differ per rank
         return method
 
@@ -164,38 +166,24 @@ class Trainer:
         return DistributedDataParallel(method, device_ids=ids)  # every trainable parameter is used: no search
 
     # --- checkpoints ------------------------------------------------------------------------------------
-    def checkpoint_state(self, step: int, skipped: int, nonfinite: int) -> dict:
-        return {
-            "method_name": self.method.name,
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": step,
-            "loaders": dist_utils.gather_objects(self.loader.state_dict()),
-            "rng": dist_utils.gather_objects(get_rng_state(self.device)),
-            "world_size": self.dist.world_size,
-            "skipped_images": skipped,
-            "nonfinite_steps": nonfinite,
-            "config": to_dict(self.cfg),
-        }
-
-    def restore(self, path: Path) -> dict:
+    def restore(self, path: Path) -> Resumed:
         state = load_checkpoint(path)
         saved = state.get("method_name")  # absent in checkpoints written before runs recorded their method
         if saved is not None and saved != self.method.name:
             raise ValueError(f"checkpoint {str(path)!r} was written by a {saved} run; this run trains "
                              f"{self.method.name} (use another --output, or --resume never)")
-        self._check_same_run(path, state)
+        changes = self._check_same_run(path, state)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state["world_size"] != self.dist.world_size:
             raise ValueError(f"checkpoint {str(path)!r} was written by {state['world_size']} processes; resuming "
                              f"with {self.dist.world_size} would change the data order (use the same count)")
-        return state
+        return Resumed(path, state, changes)
 
-    def _check_same_run(self, path: Path, state: dict) -> None:
-        """The saved configuration against this one, before any weights are loaded."""
+    def _check_same_run(self, path: Path, state: dict) -> list[str]:
+        """The saved configuration against this one, before any weights are loaded: the accepted changes."""
         if "config" not in state:
-            return
+            return []
         try:
             saved = to_dict(from_dict(state["config"]))  # the saved values, with today's defaults for new fields
         except ValueError:
@@ -206,13 +194,25 @@ class Trainer:
             raise ValueError(f"--resume: {str(path)!r} was saved by a run with another configuration; these "
                              f"fields define the run and must match (saved → now):\n  {listing}\nuse the saved "
                              "values (its config.yaml: --config), another --output, or --resume never")
-        self.changed_on_resume = accepted
+        return accepted
 
-    # --- the loop -----------------------------------------------------------------------------------------
+    def _save(self, step: int, metrics: MetricsProcessor) -> None:
+        processes = dist_utils.gather_objects({"loader": self.loader.state_dict(), "rng": get_rng_state(self.device),
+                                               "skipped": self.loader.skipped})
+        totals = metrics.totals(sum(p.pop("skipped") for p in processes))
+        state = training_state(method_name=self.method.name, method=self.method.state_dict(),
+                               optimizer=self.optimizer.state_dict(), step=step, processes=processes,
+                               config=to_dict(self.cfg), **totals)
+        if self.dist.is_main:
+            save_checkpoint(state, self.output / "checkpoints", step, self.cfg.train.keep_checkpoints)
+        dist_utils.barrier()
+
+    # --- the run ------------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
-        resume_path, state = self.resume_path, self.resumed_state
-        self.resumed_state = None  # the loop owns it now; do not keep a second copy of the weights alive
+        state = self.resumed.state if self.resumed else None
+        if self.resumed:
+            self.resumed.state = None  # the loop owns it now; do not keep a second copy of the weights alive
         step = state["step"] if state else 0
         if step >= self.stop_step:  # a finished run: say so and change nothing
             if main:
@@ -225,174 +225,97 @@ class Trainer:
                 clear_run(self.output)
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(cfg))
-        writer = MetricsWriter(self.output, step, cfg.train.tensorboard) if main else None
         progress = ProgressReporter(self.stop_step, step, enabled=main)
         for line in startup_lines(self, step):
             progress.log(line)
+        metrics = self._metrics(step, state, progress)
         try:
             with StopSignals() as signals:
-                summary = self._loop(step, state, writer, progress, signals)
+                step, stopped_by = self._train(step, state, metrics, signals)
         finally:
             progress.close()
-            if writer:
-                writer.close()
-        if summary.get("interrupted"):
+            if metrics.writer:
+                metrics.writer.close()
+        if stopped_by:
             if main:
-                print(f"stopped by {summary['interrupted']} at step {summary['steps']}: saved "
-                      f"{self.output / 'checkpoints' / 'last.pt'}; run the same command again to resume")
+                print(f"stopped by {stopped_by} at step {step}: saved {self.output / 'checkpoints' / 'last.pt'}; "
+                      "run the same command again to resume")
             dist_utils.teardown()
-            raise Interrupted(summary["interrupted"])
+            raise Interrupted(stopped_by)
+        summary = metrics.summary(step, self.steps_per_epoch, self.loader.skipped)
         if main:
             self._finish(summary)
         dist_utils.barrier()
         dist_utils.teardown()
         return summary
 
-    def _epoch_iterator(self, epoch: int, step: int, state: dict | None):
+    def _metrics(self, step: int, state: dict | None, progress: ProgressReporter) -> MetricsProcessor:
+        cfg, main = self.cfg, self.dist.is_main
+        evaluator = None
+        if self.monitor is not None:
+            progress.log(self.monitor.describe())
+            evaluator = lambda: self.monitor.evaluate(self.method.student, self.device, self.autocast)  # noqa: E731
+        plan = LoggingPlan(cfg.train.log_every, self.stop_step, cfg.eval.every if cfg.eval.train else None)
+        return MetricsProcessor(
+            plan=plan, world_size=self.dist.world_size, device=self.device,
+            writer=MetricsWriter(self.output, step, cfg.train.tensorboard) if main else None, progress=progress,
+            flops_per_image=self.method.flops_per_image(), peak_flops=peak_flops(self.device, self.precision),
+            max_nonfinite=cfg.train.max_nonfinite, skipped_before=state["skipped_images"] if state else 0,
+            nonfinite_before=state["nonfinite_steps"] if state else 0, evaluator=evaluator)
+
+    def _epoch_batches(self, epoch: int, step: int, state: dict | None):
         """The batches left in `epoch`, continuing the saved position and RNG when resuming. RNG states are put
         back where the uninterrupted run had them: before the epoch's iterator was made when the checkpoint
         fell on an epoch boundary, after it otherwise (making an iterator may draw from the global RNG)."""
         self.loader.set_epoch(epoch)
-        mid_epoch = state is not None and step % self.steps_per_epoch != 0
-        if state is not None and not mid_epoch:
-            set_rng_state(state["rng"][self.dist.rank], self.device)
+        saved = process_state(state, self.dist.rank) if state is not None else None
+        mid_epoch = saved is not None and step % self.steps_per_epoch != 0
+        if saved is not None and not mid_epoch:
+            set_rng_state(saved["rng"], self.device)
         if mid_epoch:
-            self.loader.load_state_dict(state["loaders"][self.dist.rank])
+            self.loader.load_state_dict(saved["loader"])
         iterator = iter(self.loader)
         if mid_epoch:
-            set_rng_state(state["rng"][self.dist.rank], self.device)
+            set_rng_state(saved["rng"], self.device)
         return iterator
 
-    def _next_micro_batches(self, iterator) -> list[torch.Tensor] | None:
-        batches = []
-        for _ in range(self.accum):
-            images = next(iterator, None)
-            if images is None:
-                return None
-            batches.append(images.to(self.device, non_blocking=True))
-        return batches
+    def _micro_batches(self, batches):
+        """The epoch's batches in groups of optim.accum_steps, on the device (an incomplete last group is left)."""
+        group = []
+        for images in batches:
+            group.append(images.to(self.device, non_blocking=True))
+            if len(group) == self.accum:
+                yield group
+                group = []
 
-    def _loop(self, step: int, state: dict | None, writer, progress, signals: StopSignals) -> dict:
+    def _train(self, step: int, state: dict | None, metrics: MetricsProcessor,
+               signals: StopSignals) -> tuple[int, str | None]:
+        """fetch → lr → step → metrics → maybe save, from `step` until the stop step or a stop signal: (the step
+        reached, the signal that stopped it or None)."""
         cfg = self.cfg.train
-        skipped_before = state["skipped_images"] if state else 0
-        nonfinite_before = state["nonfinite_steps"] if state else 0
-        stats = StepStats.zeros(self.device)
-        images_done, run_start = 0, time.perf_counter()
-        window = {"start": time.perf_counter(), "wait": 0.0, "images": 0}
-        last_loss, epoch = float("nan"), step // self.steps_per_epoch
-        last_save, interrupted = time.monotonic(), None
+        last_save = time.monotonic()
         self.model.train()
-        if self.monitor is not None:
-            progress.log(self.monitor.describe())
-        while step < self.stop_step and interrupted is None:
+        while step < self.stop_step:
             epoch = step // self.steps_per_epoch
-            iterator = self._epoch_iterator(epoch, step, state)
-            state = None
-            while step < self.stop_step and interrupted is None:
-                fetch_start = time.perf_counter()
-                micro = self._next_micro_batches(iterator)
-                window["wait"] += time.perf_counter() - fetch_start
-                if micro is None:
-                    break  # epoch exhausted
-                set_lr(self.optimizer, learning_rate(step, self.peak_lr, self.cfg.optim.min_lr,
-                                                     self.warmup_steps, self.total_steps))
-                train_step(self.model, self.optimizer, micro, self.autocast, self.cfg.optim.clip_grad, stats)
+            batches, state = self._epoch_batches(epoch, step, state), None
+            for micro in self._micro_batches(metrics.timed(batches)):
+                lr = learning_rate(step, self.peak_lr, self.cfg.optim.min_lr, self.warmup_steps, self.total_steps)
+                set_lr(self.optimizer, lr)
+                result = train_step(self.model, self.optimizer, micro, self.autocast, self.cfg.optim.clip_grad)
                 step += 1
-                batch_images = sum(m.shape[0] for m in micro)
-                images_done += batch_images
-                window["images"] += batch_images
-                # An evaluation step is a logging step on every process (its result goes into that record).
-                evaluating = self.cfg.eval.train is not None and (step % self.cfg.eval.every == 0
-                                                                   or step == self.stop_step)
-                logging = step % cfg.log_every == 0 or step == self.stop_step or evaluating
-                if logging:
-                    extra = self._evaluate(step, progress) if evaluating and self.monitor else {}
-                    last_loss = self._log(step, epoch, stats, window, writer, progress,
-                                          skipped_before, nonfinite_before, extra)
-                    stats, window = stats.next_window(), {"start": time.perf_counter(), "wait": 0.0, "images": 0}
-                # One process decides alone after every step; several agree at logging steps (a sync anyway).
-                if self.dist.world_size == 1 or logging:
-                    interrupted = self._agreed_signal(signals)
-                    minutes = cfg.checkpoint_minutes
-                    due = minutes is not None and self._agreed(time.monotonic() - last_save >= 60 * minutes)
-                else:
-                    due = False
-                if step % cfg.checkpoint_every == 0 or step == self.stop_step or interrupted or due:
-                    self._save(step, skipped_before, nonfinite_before)
+                due = cfg.checkpoint_minutes is not None and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
+                decision = metrics.after_step(step, epoch, lr, result, sum(m.shape[0] for m in micro),
+                                              self.loader.skipped, Votes(signals.received, due))
+                if decision.stop or decision.checkpoint or step % cfg.checkpoint_every == 0 or step == self.stop_step:
+                    self._save(step, metrics)
                     last_save = time.monotonic()
-        seconds = time.perf_counter() - run_start
-        global_images = int(dist_utils.all_reduce_sum(torch.tensor(float(images_done))).item())
-        return {
-            "steps": step, "epochs": round(step / self.steps_per_epoch, 3), "images": global_images,
-            "seconds": round(seconds, 3), "images_per_sec": global_images / seconds if seconds > 0 else 0.0,
-            "final_loss": last_loss, "skipped_images": skipped_before + self._skipped(),
-            "nonfinite_steps": nonfinite_before + self.nonfinite_seen, **self.last_knn, "interrupted": interrupted,
-        }
-
-    def _agreed(self, flag: bool) -> bool:
-        """True when any process says so (processes stop and save together)."""
-        if self.dist.world_size == 1:
-            return flag
-        return bool(dist_utils.all_reduce_sum(torch.tensor(float(flag), device=self.device)).item())
-
-    def _agreed_signal(self, signals: StopSignals) -> str | None:
-        if self.dist.world_size == 1:
-            return signals.received
-        return (signals.received or "SIGTERM") if self._agreed(signals.received is not None) else None
-
-    def _skipped(self) -> int:
-        return int(dist_utils.all_reduce_sum(torch.tensor(float(self.loader.skipped))).item())
-
-    def _evaluate(self, step: int, progress) -> dict:
-        """Rank 0's k-NN of the student now; its time is left out of the window's images/sec."""
-        result = self.monitor.evaluate(self.method.student, self.device, self.autocast)
-        progress.log(f"k-NN at step {step}: top-1 {result['knn_top1']:.2f} %, top-5 {result['knn_top5']:.2f} % "
-                     f"({result['knn_seconds']:.1f} s)")
-        self.last_knn = {key: result[key] for key in ("knn_top1", "knn_top5")}
-        return result
-
-    def _log(self, step, epoch, stats: StepStats, window, writer, progress, skipped_before, nonfinite_before,
-             extra: dict):
-        """The only host synchronization of the loop: gather the window's device-side sums (and the kernels'
-        record of out-of-range indices on a GPU)."""
-        ops.check_device_errors(self.device)
-        sums = torch.stack([stats.loss_sum, stats.finite_steps, stats.nonfinite_total, stats.nonfinite_in_a_row])
-        sums = dist_utils.all_reduce_sum(sums.float()).cpu()
-        terms = dist_utils.all_reduce_sum(stats.term_sum.float()).cpu().tolist() if stats.term_sum is not None else []
-        loss_sum, finite, nonfinite, in_a_row = sums.tolist()
-        self.nonfinite_seen += int(nonfinite / self.dist.world_size)
-        if in_a_row / self.dist.world_size >= self.cfg.train.max_nonfinite:
-            raise NonFiniteLossError(
-                f"the loss was not finite for {int(in_a_row / self.dist.world_size)} steps in a row (limit "
-                f"train.max_nonfinite={self.cfg.train.max_nonfinite}) at step {step}; lower the learning rate, "
-                "enable optim.clip_grad, or check the data")
-        elapsed = time.perf_counter() - window["start"] - extra.get("knn_seconds", 0.0)
-        loss = loss_sum / finite if finite else float("nan")
-        images_per_sec = window["images"] * self.dist.world_size / elapsed if elapsed > 0 else 0.0
-        record = {
-            "step": step, "epoch": epoch, "loss": loss,
-            **{name: value / finite if finite else float("nan") for name, value in zip(stats.term_names, terms)},
-            "lr": self.optimizer.param_groups[0]["lr"], "images_per_sec": images_per_sec,
-            "data_wait": window["wait"] / elapsed if elapsed > 0 else 0.0,
-            "skipped_images": skipped_before + self._skipped(),
-            "nonfinite_steps": nonfinite_before + self.nonfinite_seen,
-        }
-        if self.peak_flops:  # model FLOPs per second per device against the device's peak
-            record["mfu"] = self.flops_per_image * images_per_sec / self.dist.world_size / self.peak_flops
-        record.update(extra)
-        if writer:
-            writer.write(record)
-        progress.update(record)
-        return loss
-
-    def _save(self, step, skipped_before, nonfinite_before):
-        state = self.checkpoint_state(step, skipped_before + self._skipped(), nonfinite_before + self.nonfinite_seen)
-        if self.dist.is_main:
-            save_checkpoint(state, self.output / "checkpoints", step, self.cfg.train.keep_checkpoints)
-        dist_utils.barrier()
+                if decision.stop:
+                    return step, decision.stop
+                if step >= self.stop_step:
+                    break
+        return step, None
 
     def _finish(self, summary: dict) -> None:
-        summary.pop("interrupted", None)
         write_summary(self.output, summary)
         plot_loss_curve(self.output, read_metrics(self.output / "metrics.jsonl"))
         print_summary(summary)
@@ -417,8 +340,8 @@ def startup_lines(trainer: Trainer, step: int) -> list[str]:
         f"{t.global_batch}/256); steps {step} → {t.stop_step} of {t.total_steps}; output {t.output}",
     ]
     if step:
-        lines.append(f"resumed from {t.resume_path} at step {step}")
-    lines += [f"changed since the saved run: {change}" for change in t.changed_on_resume]
+        lines.append(f"resumed from {t.resumed.path} at step {step}")
+        lines += [f"changed since the saved run: {change}" for change in t.resumed.changes]
     if found is not None and found > used and (found - used) >= 0.1 * found:
         lines.append(f"warning: {found - used} of {found} images ({100 * (found - used) / found:.0f} %) are dropped "
                      "every epoch (each process takes whole batches only): lower --batch-size or add images")

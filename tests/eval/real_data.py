@@ -148,9 +148,10 @@ def knn_of(model: torch.nn.Module, data: dict, pooling: str = "cls") -> float:
     """k-NN top-1 (%) of `model`'s features, through the same monitor the pretraining runs use."""
     import contextlib
 
+    from fastmim.data_config import ImageSpec
     from fastmim.train.monitor import KnnMonitor
 
-    monitor = KnnMonitor(monitor_config(data, pooling), IMG_SIZE, MEAN, STD, rank=0, world_size=1)
+    monitor = KnnMonitor(monitor_config(data, pooling), ImageSpec(IMG_SIZE, MEAN, STD), rank=0, world_size=1)
     return monitor.evaluate(model, torch.device("cpu"), contextlib.nullcontext())["knn_top1"]
 
 
@@ -169,7 +170,7 @@ def random_student(method: str = "maskalign", seed: int = 0):
 
     cfg = pretrain_config(method, teacher_weights="random", output="unused")
     torch.manual_seed(seed)
-    return build_method(cfg.method).student
+    return build_method(cfg.method, cfg.data.image).student
 
 
 def pretrain_args(method: str, data: dict, teacher_weights: str, output: Path) -> list[str]:
@@ -177,9 +178,8 @@ def pretrain_args(method: str, data: dict, teacher_weights: str, output: Path) -
     recipe, epochs, pooling, extra = PRETRAIN[method]
     teacher = [] if method == "mae" else ["--teacher", "vit_tiny_patch16_224", "--teacher-weights", teacher_weights]
     teacher_kwargs = [] if method == "mae" else [f"method.teacher_kwargs={json.dumps(dict(patch_size=PATCH, **VIT))}"]
-    data_norm = [] if method == "mae" else [f"method.data_mean={list(MEAN)}", f"method.data_std={list(STD)}"]
-    sets = [f"method.img_size={IMG_SIZE}", f"method.patch_size={PATCH}", "method.student=tiny",
-            f"method.student_kwargs={json.dumps(VIT)}", *teacher_kwargs, *data_norm,
+    sets = [f"method.patch_size={PATCH}", "method.student=tiny", f"method.student_kwargs={json.dumps(VIT)}",
+            *teacher_kwargs,
             f"data.img_size={IMG_SIZE}", "data.batch_size=64", "data.workers=0", "data.scale=[0.5, 1.0]",
             "data.hflip=0.0", f"data.mean={list(MEAN)}", f"data.std={list(STD)}", "train.log_every=18",
             "eval.every=180", f"eval.per_class={BANK_PER_CLASS}", f"eval.val_per_class={QUERIES}",

@@ -5,7 +5,7 @@ import torch
 
 from fastmim.methods.maskalign import MaskAlign
 
-from tests.conftest import tiny_config
+from tests.conftest import TINY_IMAGE, tiny_config
 
 
 def test_compiled_blocks_give_the_eager_loss_and_gradients():
@@ -13,7 +13,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
     # a CLIP-architecture teacher, so the folded QuickGELU MLP goes through the compiler too
     cfg = tiny_config(teacher="clip_b16", teacher_kwargs=dict(embed_dim=64, depth=4, num_heads=2))
 
-    eager = MaskAlign(cfg)
+    eager = MaskAlign(cfg, TINY_IMAGE)
     compiled = copy.deepcopy(eager)
     compiled.compile_blocks()
     images = torch.randn(2, 3, 64, 64)

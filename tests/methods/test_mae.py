@@ -9,10 +9,11 @@ import torch
 from fastmim.methods.configs import MAEConfig
 from fastmim.methods.mae import MAE, MAEFrozen
 from fastmim.methods.masks import num_kept, split
+from tests.conftest import TINY_IMAGE
 
 from .official_mae import mae_forward
 
-TINY = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=3, num_heads=4), img_size=64,
+TINY = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=3, num_heads=4),
             decoder_dim=32, decoder_depth=2, decoder_heads=4)
 
 
@@ -31,7 +32,7 @@ def test_loss_and_gradients_equal_models_mae(norm_pix, kernels):
     from fastmim import ops
 
     torch.manual_seed(0)
-    method = MAE(MAEConfig(**TINY, norm_pix=norm_pix))
+    method = MAE(MAEConfig(**TINY, norm_pix=norm_pix), TINY_IMAGE)
     with torch.no_grad():  # a trained-looking mask token and decoder bias, not MAE's zero-ish init
         method.decoder.mask_token.normal_()
         method.decoder.pred.bias.normal_()
@@ -52,7 +53,7 @@ def test_loss_and_gradients_equal_models_mae(norm_pix, kernels):
 
 
 def test_the_mask_is_maes_and_changes_with_the_seed():
-    method = MAE(MAEConfig(**TINY))
+    method = MAE(MAEConfig(**TINY), TINY_IMAGE)
     images = torch.randn(2, 3, 64, 64)
     torch.manual_seed(5)
     mask = method.frozen_pass(images).mask
@@ -63,7 +64,7 @@ def test_the_mask_is_maes_and_changes_with_the_seed():
 
 
 def test_decoder_projects_only_the_masked_positions():
-    method = MAE(MAEConfig(**TINY))
+    method = MAE(MAEConfig(**TINY), TINY_IMAGE)
     rows = []
     method.decoder.pred.register_forward_hook(lambda m, args, out: rows.append(args[0].shape))
     method(torch.randn(2, 3, 64, 64))
@@ -71,7 +72,7 @@ def test_decoder_projects_only_the_masked_positions():
 
 
 def test_weight_decay_exempts_only_biases_and_1d_tensors():
-    method = MAE(MAEConfig(**TINY))
+    method = MAE(MAEConfig(**TINY), TINY_IMAGE)
     decay, no_decay = method.param_groups(0.05)
     names = {id(p): n for n, p in method.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
+from fastmim.data_config import ImageSpec
 from fastmim.methods.maskalign import MaskAlign
 from fastmim.methods.maskalign_reference import MaskAlignReference
-from tests.conftest import tiny_config
+from tests.conftest import TINY_IMAGE, tiny_config
 
 VARIANTS = [
     {},  # the defaults of the tiny config: linear fusion, linear heads, layernorm targets, smooth_l1, top2
@@ -25,7 +26,7 @@ def test_loss_and_gradients_equal_the_official_computation(overrides):
     """Against MaskAlignReference: all teacher levels normalized over all tokens then gathered, all heads
     computed, stacked-einsum DA, weighted sum, conv-over-all-patches embedding, eager teacher attention."""
     torch.manual_seed(0)
-    method = MaskAlign(tiny_config(**overrides))
+    method = MaskAlign(tiny_config(**overrides), TINY_IMAGE)
     with torch.no_grad():  # make every DA weight matter, not just the identity-like init
         if method.mix is not None:
             method.mix.add_(torch.randn_like(method.mix) * 0.1)
@@ -41,7 +42,7 @@ def test_loss_and_gradients_equal_the_official_computation(overrides):
 
 
 def test_only_supervised_levels_are_computed():
-    method = MaskAlign(tiny_config(level_weights="mid1", fusion="simple"))  # mid1: level 2
+    method = MaskAlign(tiny_config(level_weights="mid1", fusion="simple"), TINY_IMAGE)  # mid1: level 2
     assert method.levels == [2] and method.head_weight.shape[0] == 1
     # blocks deeper than level 2 are never run, so they hold no trainable parameters (DDP needs none unused)
     assert not any(p.requires_grad for p in method.student.blocks[2:].parameters())
@@ -52,8 +53,8 @@ def test_only_supervised_levels_are_computed():
 
 def test_vit_base_student_with_clip_b16_teacher_on_cpu():
     torch.manual_seed(0)
-    method = MaskAlign(tiny_config(student="base", student_kwargs={}, img_size=224, drop_path=0.1,
-                                   teacher="clip_b16", teacher_kwargs={}, level_weights="top5"))
+    method = MaskAlign(tiny_config(student="base", student_kwargs={}, drop_path=0.1, teacher="clip_b16",
+                                   teacher_kwargs={}, level_weights="top5"), ImageSpec(224))
     out = method(torch.randn(2, 3, 224, 224))
     assert out.mask.ids_keep.shape == (2, 58) and set(out.terms) == {f"level_{l}" for l in range(8, 13)}
     assert math.isfinite(out.loss.item())
@@ -69,7 +70,7 @@ def test_the_gpu_precision_setup_runs_on_the_cpu_too():
     """bf16 teacher weights under bf16 autocast (what the trainer does on CUDA): the same loss as fp32 within
     bf16's precision, and finite gradients (random masking: the same mask in both precisions)."""
     torch.manual_seed(0)
-    method = MaskAlign(tiny_config(mask_mode="random"))
+    method = MaskAlign(tiny_config(mask_mode="random"), TINY_IMAGE)
     images = torch.randn(2, 3, 64, 64)
     torch.manual_seed(1)
     expected = method(images)
@@ -85,23 +86,23 @@ def test_the_gpu_precision_setup_runs_on_the_cpu_too():
 
 def test_linear_fusion_needs_equal_depths():
     with pytest.raises(ValueError, match="fusion 'linear' needs equal depths"):
-        MaskAlign(tiny_config(student_kwargs=dict(embed_dim=64, depth=6, num_heads=2)))
+        MaskAlign(tiny_config(student_kwargs=dict(embed_dim=64, depth=6, num_heads=2)), TINY_IMAGE)
 
 
 @pytest.mark.parametrize("field,value,message", [
     ("mask_ratio", 1.0, "mask_ratio must be in"), ("loss", "huber", "loss must be one of"),
     ("target_norm", "whiten", "target_norm must be one of"), ("fusion", "concat", "fusion must be one of"),
     ("head", "conv", "head must be one of"), ("level_weights", "top9", "K must be in 1..4"),
-    ("img_size", 60, "not divisible by patch_size"), ("teacher", "clip_b99", "known teachers: clip_b16"),
+    ("patch_size", 12, "not divisible by patch_size"), ("teacher", "clip_b99", "known teachers: clip_b16"),
     ("attn_backend", "flash", "flash_attn"),
 ])
 def test_bad_options_are_named(field, value, message):
     with pytest.raises((ValueError, RuntimeError), match=message):
-        MaskAlign(tiny_config(**{field: value}))
+        MaskAlign(tiny_config(**{field: value}), TINY_IMAGE)
 
 
 def test_param_groups_exclude_biases_norms_tokens_and_da_weights():
-    method = MaskAlign(tiny_config())
+    method = MaskAlign(tiny_config(), TINY_IMAGE)
     decay, no_decay = method.param_groups(0.05)
     names = {id(p): n for n, p in method.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
@@ -114,7 +115,7 @@ def test_param_groups_exclude_biases_norms_tokens_and_da_weights():
 
 
 def test_teacher_is_not_in_the_state_dict_but_moves_with_the_method():
-    method = MaskAlign(tiny_config())
+    method = MaskAlign(tiny_config(), TINY_IMAGE)
     assert not any(k.startswith("teacher") for k in method.state_dict())
     method.to(torch.float64)
     assert next(method.teacher.parameters()).dtype == torch.float64
@@ -163,7 +164,8 @@ def test_heads_of_a_vit_small_student_with_a_clip_b16_teacher(head, shapes):
     """Hidden layers keep the student's width (384), the output is the teacher's (768), LayerNorms use eps 1e-6."""
     torch.manual_seed(0)
     method = MaskAlign(tiny_config(student="small", student_kwargs=dict(depth=2), teacher="clip_b16",
-                                   teacher_kwargs=dict(depth=2), head=head, fusion="sum", level_weights="top2"))
+                                   teacher_kwargs=dict(depth=2), head=head, fusion="sum", level_weights="top2"),
+                       TINY_IMAGE)
     if head == "linear":
         assert method.head_weight.shape == (2, 768, 384) and method.head_bias.shape == (2, 768)
         return

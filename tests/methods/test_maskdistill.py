@@ -12,10 +12,12 @@ import torch.nn.functional as F
 
 from fastmim.methods.configs import MaskDistillConfig
 from fastmim.methods.maskdistill import MaskDistill
+from fastmim.data_config import ImageSpec
+from tests.conftest import TINY_IMAGE
 
 from .test_mrmae import teacher_tokens
 
-TINY = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=3, num_heads=4), img_size=64,
+TINY = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=3, num_heads=4),
             drop_path=0.0, teacher_weights="random", teacher_kwargs=dict(depth=3))
 TEACHERS = ("vit_tiny_patch16_224", "vit_small_patch14_reg4_dinov2")
 
@@ -64,7 +66,7 @@ def expected_loss(method, images, ids_masked, beta):
 @pytest.mark.parametrize("beta", [1.0, 2.0])
 def test_loss_and_gradients_equal_the_definition(beta, teacher):
     torch.manual_seed(0)
-    method = MaskDistill(MaskDistillConfig(**TINY, teacher=teacher, beta=beta, init_values=0.1))
+    method = MaskDistill(MaskDistillConfig(**TINY, teacher=teacher, beta=beta, init_values=0.1), TINY_IMAGE)
     for blk in method.student.blocks:  # layer scales away from their init, so a missing one shows
         blk.ls1.gamma.data.uniform_(0.5, 1.5)
         blk.ls2.gamma.data.uniform_(0.5, 1.5)
@@ -84,7 +86,7 @@ def test_loss_and_gradients_equal_the_definition(beta, teacher):
 
 
 def test_the_mask_token_and_the_layer_scale_are_trained_and_not_exported_as_such():
-    method = MaskDistill(MaskDistillConfig(**TINY, teacher=TEACHERS[0]))
+    method = MaskDistill(MaskDistillConfig(**TINY, teacher=TEACHERS[0]), TINY_IMAGE)
     names = dict(method.student.named_parameters())
     assert names["mask_token"].requires_grad and "blocks.0.ls1.gamma" in names and "blocks.2.ls2.gamma" in names
     torch.testing.assert_close(names["blocks.0.ls1.gamma"].detach(), torch.full((64,), 0.1))
@@ -95,7 +97,7 @@ def test_the_mask_token_and_the_layer_scale_are_trained_and_not_exported_as_such
 
 
 def test_masks_are_block_masks_drawn_afresh_each_step():
-    method = MaskDistill(MaskDistillConfig(**{**TINY, "img_size": 224}, teacher=TEACHERS[0]))
+    method = MaskDistill(MaskDistillConfig(**TINY, teacher=TEACHERS[0]), ImageSpec(224))
     images = torch.randn(4, 3, 224, 224)
     with torch.no_grad():
         a, b = method.frozen_pass(images).mask, method.frozen_pass(images).mask
@@ -109,4 +111,4 @@ def test_masks_are_block_masks_drawn_afresh_each_step():
 ])
 def test_bad_options_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
-        MaskDistill(MaskDistillConfig(**{**TINY, "teacher": TEACHERS[0], field: value}))
+        MaskDistill(MaskDistillConfig(**{**TINY, "teacher": TEACHERS[0], field: value}), TINY_IMAGE)

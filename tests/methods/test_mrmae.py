@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from fastmim.methods.configs import MRMAEConfig
 from fastmim.methods.mrmae import MRMAE
+from tests.conftest import TINY_IMAGE
 
 from .official_mae import mae_forward
 
-TINY = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=3, num_heads=4), img_size=64,
+TINY = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=3, num_heads=4),
             decoder_dim=32, decoder_depth=2, decoder_heads=4, teacher_kwargs=dict(depth=3))
 TEACHERS = {"one": ("vit_tiny_patch16_224",), "two": ("vit_tiny_patch16_224", "vit_small_patch14_reg4_dinov2")}
 
@@ -77,7 +78,7 @@ def expected_loss(method, images, noise):
 def test_loss_terms_and_gradients_equal_the_definition(teachers, mask_mode):
     torch.manual_seed(0)
     method = MRMAE(MRMAEConfig(**TINY, teachers=teachers, teacher_weights=("random",), mask_mode=mask_mode,
-                               mimic_weights=(0.7,) if len(teachers) == 1 else (0.7, 1.3)))
+                               mimic_weights=(0.7,) if len(teachers) == 1 else (0.7, 1.3)), TINY_IMAGE)
     images = torch.randn(3, 3, 64, 64)
     params = [p for p in method.parameters() if p.requires_grad]
     torch.manual_seed(1)
@@ -95,7 +96,7 @@ def test_loss_terms_and_gradients_equal_the_definition(teachers, mask_mode):
 
 
 def test_teachers_are_frozen_and_outside_the_state_dict():
-    method = MRMAE(MRMAEConfig(**TINY, teachers=TEACHERS["two"], teacher_weights=("random", "random")))
+    method = MRMAE(MRMAEConfig(**TINY, teachers=TEACHERS["two"], teacher_weights=("random", "random")), TINY_IMAGE)
     assert len(method.teachers) == 2 and not any(k.startswith("teacher") for k in method.state_dict())
     assert all(not p.requires_grad for t in method.teachers for p in t.parameters())
     method.to(torch.float64)
@@ -109,4 +110,5 @@ def test_teachers_are_frozen_and_outside_the_state_dict():
 ])
 def test_bad_options_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
-        MRMAE(MRMAEConfig(**{**TINY, "teachers": TEACHERS["one"], "teacher_weights": ("random",), field: value}))
+        MRMAE(MRMAEConfig(**{**TINY, "teachers": TEACHERS["one"], "teacher_weights": ("random",), field: value}),
+              TINY_IMAGE)

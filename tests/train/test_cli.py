@@ -74,6 +74,41 @@ def test_bad_set_values_name_the_field_its_type_and_the_value(assignment, words)
     assert_usage_error(cli("--set", assignment, "--print-config"), *words)
 
 
+@pytest.mark.parametrize("assignment, words", [
+    ("method.loss=smoth_l1", ("method.loss must be one of smooth_l1, l2, l1, cosine, got 'smoth_l1'",)),
+    ("train.kernels=fast", ("train.kernels must be one of auto, fused, reference",)),
+    ("method.level_weights=top", ("method.level_weights must be mean, out, linear_decay, topK or midK",)),
+    ("data.mean=[0.5, 0.5]", ("data.mean must be 3 numbers, got [0.5, 0.5]",)),
+])
+def test_a_bad_choice_names_the_field_and_the_allowed_values_before_any_data_is_read(tmp_path, assignment, words):
+    result = cli("--data", str(tmp_path / "no_such_folder"), "--output", str(tmp_path / "run"), "--set", assignment)
+    assert_usage_error(result, *words)
+    assert "no_such_folder" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_help_and_print_config_list_the_choices():
+    help_text = cli("--help").stdout
+    assert "method.loss" in help_text and "smooth_l1, l2, l1, cosine" in help_text
+    printed = cli("--print-config").stdout
+    assert "loss: smooth_l1  # one of: smooth_l1, l2, l1, cosine" in printed
+    assert yaml.safe_load(printed)["method"]["loss"] == "smooth_l1"  # the comments keep it YAML
+
+
+def test_an_old_config_with_the_image_in_the_method_section_loads(tmp_path):
+    """Before the image belonged to the data section, config.yaml also had method.img_size, data_mean and
+    data_std: equal to the data's they are dropped; different, the file is refused with what to change."""
+    old = printed_config("--recipe", "demo")
+    old["method"].update(img_size=64, data_mean=[0.485, 0.456, 0.406], data_std=[0.229, 0.224, 0.225])
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    cfg = printed_config("--config", str(path))
+    assert "img_size" not in cfg["method"] and cfg["data"]["img_size"] == 64
+    old["method"]["data_mean"] = [0.5, 0.5, 0.5]
+    path.write_text(yaml.safe_dump(old))
+    assert_usage_error(cli("--config", str(path), "--print-config"), "method.data_mean", "data.mean",
+                       "delete method.data_mean")
+
+
 def test_config_file_is_the_starting_point_with_flags_over_it(tmp_path):
     written = printed_config("--recipe", "demo_mae", "--set", "optim.base_lr=2e-4")
     path = tmp_path / "mine.yaml"

@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastmim.export import main as export_main
-from fastmim.train.checkpoint import load_checkpoint
+from fastmim.checkpoint import load_checkpoint
 from tests.train.helpers import pretrain
 
 

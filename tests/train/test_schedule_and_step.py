@@ -5,7 +5,7 @@ import torch
 
 from fastmim.methods.base import MethodOutput
 from fastmim.train.schedule import learning_rate, peak_lr
-from fastmim.train.step import StepStats, train_step
+from fastmim.train.step import train_step
 
 
 def test_schedule_warmup_then_half_cosine():
@@ -28,23 +28,30 @@ class Toy(torch.nn.Module):
         return MethodOutput(loss, {"toy": loss})
 
 
-def test_non_finite_loss_skips_the_update_and_is_counted():
+def test_non_finite_loss_skips_the_update_and_is_flagged():
     model = Toy()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-    stats = StepStats.zeros("cpu")
     x = torch.ones(3)
-    train_step(model, opt, [x], torch.autocast("cpu", enabled=False), None, stats)
+    good = train_step(model, opt, [x], torch.autocast("cpu", enabled=False), None)
     after_good = model.w.detach().clone()
-    assert not torch.equal(after_good, torch.ones(3))
+    assert not torch.equal(after_good, torch.ones(3)) and good.found_inf.item() == 0
     model.poison = True
-    for _ in range(3):
-        train_step(model, opt, [x], torch.autocast("cpu", enabled=False), 1.0, stats)
+    for clip in (1.0, None, None):
+        bad = train_step(model, opt, [x], torch.autocast("cpu", enabled=False), clip)
+        assert bad.found_inf.item() == 1
     assert torch.equal(model.w.detach(), after_good)  # NaN steps changed nothing
-    assert stats.nonfinite_total.item() == 3 and stats.nonfinite_in_a_row.item() == 3
     model.poison = False
-    train_step(model, opt, [x], torch.autocast("cpu", enabled=False), None, stats)
-    assert stats.nonfinite_in_a_row.item() == 0 and stats.finite_steps.item() == 2
+    train_step(model, opt, [x], torch.autocast("cpu", enabled=False), None)
     assert opt.state[model.w]["step"].item() == 2  # the skipped steps did not advance Adam's step count
+
+
+def test_the_step_reports_the_gradient_norm_before_clipping():
+    model = Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x = torch.tensor([3.0, 0.0, 4.0])  # d(w·x)/dw = x: norm 5
+    result = train_step(model, opt, [x], torch.autocast("cpu", enabled=False), 1.0)
+    assert result.grad_norm.item() == pytest.approx(5.0)
+    torch.testing.assert_close(model.w.detach(), torch.ones(3) - x / 5)  # the update used the clipped gradient
 
 
 def test_gradient_accumulation_equals_one_big_batch():
@@ -54,6 +61,6 @@ def test_gradient_accumulation_equals_one_big_batch():
     opt_a = torch.optim.AdamW(a.parameters(), lr=0.1, fused=True)
     opt_b = torch.optim.AdamW(b.parameters(), lr=0.1, fused=True)
     off = torch.autocast("cpu", enabled=False)
-    train_step(a, opt_a, [xs[:2].sum(0), xs[2:].sum(0)], off, None, StepStats.zeros("cpu"))
-    train_step(b, opt_b, [xs.sum(0) / 2], off, None, StepStats.zeros("cpu"))
+    train_step(a, opt_a, [xs[:2].sum(0), xs[2:].sum(0)], off, None)
+    train_step(b, opt_b, [xs.sum(0) / 2], off, None)
     torch.testing.assert_close(a.w, b.w)

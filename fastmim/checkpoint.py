@@ -1,0 +1,125 @@
+"""A run's checkpoint: its layout, written and read here only (the trainer writes it; resume, `fastmim.export`,
+`fastmim.evaluate` and the pictures read it through these functions).
+
+A checkpoint is one `torch.save`d dict:
+
+    method_name      the method that trained it (fastmim.methods.configs)
+    method           the method's state dict: the student under `student.`, then heads, decoder, …
+    optimizer        the optimizer's state dict
+    step             optimizer steps done
+    loaders, rng     per process, in rank order: the data loader's position and the RNG states (exact resume)
+    world_size       the number of processes that wrote it
+    skipped_images   unreadable images skipped so far, all processes together
+    nonfinite_steps  steps skipped for a non-finite loss so far
+    config           the run's configuration (fastmim.config.to_dict)
+
+Files are written atomically (a temporary file in the same folder, fsync, then rename), so that
+`checkpoints/last.pt` is always a complete, loadable file, whatever interrupts the write.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from fastmim.config import Config, from_dict
+
+LAST = "last.pt"
+STUDENT = "student."
+PRETRAINING_ONLY = ("mask_token",)  # the dense student's token for masked patches: timm's ViT has none
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (truncated, not a checkpoint): a usage error naming the file."""
+
+
+def training_state(*, method_name: str, method: dict, optimizer: dict, step: int, processes: list[dict],
+                   skipped_images: int, nonfinite_steps: int, config: dict) -> dict:
+    """The checkpoint of a training run; `processes`: every process's {'loader', 'rng'}, in rank order."""
+    return {"method_name": method_name, "method": method, "optimizer": optimizer, "step": step,
+            "loaders": [p["loader"] for p in processes], "rng": [p["rng"] for p in processes],
+            "world_size": len(processes), "skipped_images": skipped_images, "nonfinite_steps": nonfinite_steps,
+            "config": config}
+
+
+def process_state(checkpoint: dict, rank: int) -> dict:
+    """{'loader', 'rng'} that process `rank` saved."""
+    return {"loader": checkpoint["loaders"][rank], "rng": checkpoint["rng"][rank]}
+
+
+def atomic_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
+    """Write step_<N>.pt and last.pt; keep the newest `keep` step files."""
+    folder = Path(folder)
+    step_path = folder / f"step_{step:08d}.pt"
+    if keep > 0:
+        atomic_save(state, step_path)
+    atomic_save(state, folder / LAST)
+    if keep > 0:
+        for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+            old.unlink()
+    return folder / LAST
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be read (truncated or not a checkpoint): "
+                              f"{error}") from error
+    if not isinstance(state, dict) or "method" not in state:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a fastmim checkpoint")
+    return state
+
+
+def resolve_resume(resume: str, folder: Path) -> Path | None:
+    """auto: last.pt if there is one; never: start fresh; anything else: that file, which must exist."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = Path(folder) / LAST
+        return last if last.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint file")
+    return path
+
+
+def read_config(checkpoint: dict, path: Path | str = "the checkpoint") -> Config:
+    """The configuration the run was saved with (with today's defaults for fields added since)."""
+    if "config" not in checkpoint:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no configuration (written by an old fastmim)")
+    return from_dict(checkpoint["config"])
+
+
+def student_weights(checkpoint: dict, pretraining_only: bool = True) -> dict[str, torch.Tensor]:
+    """The student's state dict (timm's keys); without `pretraining_only`, what timm's ViT has no place for
+    (the mask token) is left out."""
+    return {k[len(STUDENT):]: v.contiguous() for k, v in checkpoint["method"].items()
+            if k.startswith(STUDENT) and (pretraining_only or k[len(STUDENT):] not in PRETRAINING_ONLY)}
+
+
+def student_arguments(cfg: Config) -> dict:
+    """The arguments of fastmim.models.vit.vit_model that rebuild a run's student (layer scale where it has one;
+    the mask token is the caller's choice)."""
+    m = cfg.method
+    return dict(size=m.student, img_size=cfg.data.img_size, patch_size=m.patch_size,
+                init_values=getattr(m, "init_values", None) or None, **m.student_kwargs)
