@@ -127,9 +127,10 @@ class VisionTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """MAE's initialisation: xavier-uniform linears and patch projection, N(0, .02) CLS token."""
+        """MAE's initialisation (models_mae.py's initialize_weights): the patch projection's weight xavier-uniform
+        on its flattened [D, C·p·p] view — its bias keeps the convolution's default initialization, as MAE leaves
+        it —, N(0, .02) CLS and mask tokens, xavier-uniform linears with zero biases, LayerNorms at one and zero."""
         nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(self.embed_dim, -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
         nn.init.normal_(self.cls_token, std=0.02)
         if self.mask_token is not None:
             nn.init.normal_(self.mask_token, std=0.02)

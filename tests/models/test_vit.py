@@ -95,3 +95,21 @@ def test_attention_backend_resolution():
     for name in ("flash", "xformers"):
         with pytest.raises(RuntimeError, match=name):
             resolve_backend(name, "cpu")  # not installed here, and never usable on the CPU
+
+
+def test_initialization_is_maes():
+    """models_mae.py's initialize_weights: xavier-uniform on the patch projection's flattened weight, its bias left
+    as nn.Conv2d draws it (the first parameters the model creates, so the same seed gives the same bias),
+    N(0, .02) CLS token, xavier linears with zero biases, LayerNorms at one and zero."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 64, kernel_size=16, stride=16)  # what the student's PatchEmbed draws first
+    torch.manual_seed(0)
+    student = small_student()
+    torch.testing.assert_close(student.patch_embed.proj.bias, conv.bias)
+    assert student.patch_embed.proj.bias.abs().max() <= 1 / (3 * 16 * 16) ** 0.5  # Conv2d's default bound
+    bound = (6 / (64 + 3 * 16 * 16)) ** 0.5  # xavier-uniform on the [64, 768] view
+    weight = student.patch_embed.proj.weight
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+    block = student.blocks[0]
+    assert torch.equal(block.attn.qkv.bias, torch.zeros_like(block.attn.qkv.bias))
+    assert torch.equal(block.norm1.weight, torch.ones(64)) and 0.01 < student.cls_token.std() < 0.03
