@@ -48,19 +48,32 @@ def process_state(checkpoint: dict, rank: int) -> dict:
     return {"loader": checkpoint["loaders"][rank], "rng": checkpoint["rng"][rank]}
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_write(write, path: Path) -> None:
+    """`write(tmp)` into a temporary file beside `path`, flushed to disk, then renamed over `path`: readers see the
+    old file or the new one, never a mix, and nothing is left behind when the write fails. The file gets the
+    permissions a new file gets (the umask's), whatever wrote it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)  # atomic on POSIX
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_save(obj, path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(write, path)
 
 
 def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
@@ -80,14 +93,29 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} could not be read (truncated or not a checkpoint): "
-                              f"{error}") from error
+    state = read_or_none(path)
+    if state is None:
+        other = newest_readable(path)
+        hint = f"; the newest readable checkpoint beside it is {str(other)!r}" if other else ""
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be read (truncated or not a checkpoint){hint}")
     if not isinstance(state, dict) or "method" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a fastmim checkpoint")
     return state
+
+
+def read_or_none(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # truncated, garbage, another format: every reader's failure means the same here
+        return None
+
+
+def newest_readable(path: Path) -> Path | None:
+    """The newest step checkpoint in `path`'s folder, other than `path`, that loads."""
+    for other in sorted(Path(path).parent.glob("step_*.pt"), reverse=True):
+        if other.resolve() != Path(path).resolve() and isinstance(read_or_none(other), dict):
+            return other
+    return None
 
 
 def resolve_resume(resume: str, folder: Path) -> Path | None:

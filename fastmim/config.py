@@ -36,6 +36,7 @@ class TrainConfig:
     epochs: int = 200
     max_steps: int | None = None      # stop after this many optimizer steps; the schedule still follows epochs
     output: str = "runs/maskalign"
+    init: str | None = None           # a checkpoint whose method weights a new run starts from (not its optimizer)
     resume: str = "auto"              # auto / never / a checkpoint path
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kernels: Literal["auto", "fused", "reference"] = "auto"
@@ -60,7 +61,9 @@ class EvalConfig:
     every: int = 1000                 # steps between evaluations (and one at the end of the run)
     per_class: int = 50               # bank images per class (the first after a fixed shuffle)
     val_per_class: int = 50           # query images per class
-    pooling: Literal["cls", "mean"] = "cls"  # CLS after the final norm / mean of the patch tokens
+    # CLS after the final norm / mean of the patch tokens; auto: the feature the method trains (its config's
+    # feature_pooling: the mean for MaskDistill, whose loss never reads the CLS token)
+    pooling: Literal["auto", "cls", "mean"] = "auto"
     k: int = 20
     temperature: float = 0.07
     batch_size: int = 256             # images per feature-extraction batch
@@ -76,8 +79,16 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# How a run is started, not what it is: never written to config.yaml or a checkpoint, never read back from a
+# file (a run's config.yaml given to --config must not clear or restart the run it came from).
+LAUNCH_FIELDS = (("train", "resume"), ("train", "overwrite"))
+
+
 def to_dict(cfg: Config) -> dict:
-    return {"method_name": method_name(cfg.method), **dataclasses.asdict(cfg)}
+    data = {"method_name": method_name(cfg.method), **dataclasses.asdict(cfg)}
+    for section, name in LAUNCH_FIELDS:
+        data[section].pop(name)
+    return data
 
 
 def to_yaml(cfg, annotate: bool = False) -> str:
@@ -157,7 +168,8 @@ def from_dict(data: dict) -> Config:
         if not isinstance(values, dict):
             raise ConfigValueError(f"{section} must be a section (a mapping of fields), got {values!r}")
         for key, value in values.items():
-            set_field(cfg, f"{section}.{key}", value)
+            if (section, key) not in LAUNCH_FIELDS:  # an older fastmim wrote them: how that run was started
+                set_field(cfg, f"{section}.{key}", value)
     return cfg
 
 
@@ -212,8 +224,9 @@ def parse_assignment(text: str) -> tuple[str, object]:
 # the run and must match its checkpoint (fastmim.train.resume_check).
 MAY_CHANGE_ON_RESUME = (
     "train.max_steps", "train.log_every", "train.checkpoint_every", "train.checkpoint_minutes",
-    "train.keep_checkpoints", "train.output", "train.tensorboard", "train.resume", "train.overwrite",
-    "train.kernels", "train.compile", "train.max_nonfinite", "train.device",
+    "train.keep_checkpoints", "train.output", "train.tensorboard", "train.kernels", "train.compile",
+    "train.max_nonfinite", "train.device",
+    "train.epochs",  # training longer: the schedule is recomputed for the new length from the step reached
     "data.workers", "data.pin_memory", "data.dali_hw_decoder_load", "data.dali_prefetch", "data.path",
     "method.attn_backend", "method.teacher_weights",
     "eval.",  # the monitor only reports: it may be added, changed or removed on resume
@@ -252,7 +265,27 @@ def check_config(cfg: Config) -> None:
         value = get_field(cfg, dotted)
         if value is not None and not value > 0:
             raise ConfigValueError(f"{name(dotted, flag)} must be positive, got {value}")
+    check_shapes(cfg)
     if (cfg.eval.train is None) != (cfg.eval.val is None):
         given, missing = ("train", "val") if cfg.eval.val is None else ("val", "train")
         raise ConfigValueError(f"the k-NN monitor needs both eval.train and eval.val: eval.{given} is set, "
                                f"eval.{missing} is not (--eval-{missing} DIR)")
+
+
+def check_shapes(cfg: Config) -> None:
+    """What the fields say together, before anything is built: the image cut into whole patches, and a built-in
+    synthetic set that holds at least one optimizer step."""
+    size, patch = cfg.data.img_size, cfg.method.patch_size
+    if patch < 1 or size % patch:
+        raise ConfigValueError(f"data.img_size {size} is not a multiple of method.patch_size {patch}: the image "
+                               "must cut into whole patches")
+    needed = cfg.data.batch_size * cfg.optim.accum_steps
+    synthetic = cfg.data.path is None or cfg.data.backend == "synthetic"
+    if synthetic and cfg.data.synthetic_images < needed:
+        raise ConfigValueError(f"data.synthetic_images={cfg.data.synthetic_images} is less than one step's images "
+                               f"(--batch-size {cfg.data.batch_size} × optim.accum_steps {cfg.optim.accum_steps})")
+
+
+def monitor_pooling(cfg: Config) -> str:
+    """The k-NN monitor's feature: eval.pooling, or with auto the one the method trains."""
+    return cfg.eval.pooling if cfg.eval.pooling != "auto" else type(cfg.method).feature_pooling

@@ -30,14 +30,35 @@ class Matches:
 
 
 @dataclasses.dataclass(frozen=True)
-class Floats:
-    """`Annotated[tuple, Floats(n)]`: exactly `n` numbers, as floats."""
-    count: int
+class Items:
+    """`Annotated[tuple, Items(kind, count)]`: a list of `count` values (any number, at least one, when None) of
+    `kind` (float or str), checked element by element."""
+    kind: type
+    count: int | None = None
+
+    @property
+    def described(self) -> str:
+        what = {float: "numbers", str: "strings"}[self.kind]
+        return f"{self.count} {what}" if self.count else f"a list of {what}"
 
     def check(self, value):
-        if len(value) != self.count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ValueError("wrong length or element type")
-        return tuple(float(v) for v in value)
+        if len(value) != (self.count or len(value)) or not value:
+            raise ValueError("wrong length")
+        if self.kind is float:
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ValueError("not numbers")
+            return tuple(float(v) for v in value)
+        if not all(isinstance(v, str) and v for v in value):
+            raise ValueError("not strings")
+        return tuple(value)
+
+
+def Floats(count: int | None = None) -> Items:  # noqa: N802  (reads as a type in annotations)
+    return Items(float, count)
+
+
+def Strings(count: int | None = None) -> Items:  # noqa: N802
+    return Items(str, count)
 
 
 @functools.cache
@@ -69,8 +90,7 @@ def type_name(annotation) -> str:
         return "one of " + ", ".join(str(v) for v in typing.get_args(annotation))
     if typing.get_origin(annotation) is typing.Annotated:
         base, *extras = typing.get_args(annotation)
-        described = [e.described if isinstance(e, Matches) else f"{e.count} numbers" for e in extras]
-        return " and ".join(described) or type_name(base)
+        return " and ".join(e.described for e in extras) or type_name(base)
     members, nullable = optional_parts(annotation)
     if len(members) > 1 or nullable:
         return " or ".join(type_name(m) for m in members) + (" or null" if nullable else "")

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -64,8 +65,11 @@ def cpu_description() -> str:
 def environment() -> list[tuple[str, str]]:
     from fastmim.ops import _extension
 
+    from fastmim.ops import _binary
+
+    loaded = _binary.library_path() if _extension.load() else None
     rows = [("torch", torch.__version__), ("CUDA runtime (torch)", torch.version.cuda or "none (CPU build)"),
-            ("fastmim._C", library_architectures())]
+            ("fastmim._C", str(loaded) if loaded else "not loaded"), ("fastmim._C code", library_architectures())]
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         major, minor = torch.cuda.get_device_capability(index)
         version = _extension.kernel_version(torch.device("cuda", index))
@@ -168,7 +172,7 @@ def print_report(env, checks_by_device, trainings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastmim.doctor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
                         help="which devices to check (default: all present)")
     parser.add_argument("--steps", type=int, default=20, metavar="N",
@@ -176,11 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
+        parser.exit(2, f"{parser.prog}: error: --steps must be at least 1, got {args.steps}\n")
     chosen = devices(args.device)
     if not chosen:
-        parser.error(f"--device {args.device}: no such device here (torch.cuda.is_available() is False)")
+        parser.exit(2, f"{parser.prog}: error: --device {args.device}: no such device here "
+                       "(torch.cuda.is_available() is False)\n")
+    if args.json and not Path(args.json).parent.is_dir():
+        parser.exit(2, f"{parser.prog}: error: --json {args.json!r}: {str(Path(args.json).parent)!r} is not a "
+                       "folder\n")
+    try:
+        return check(chosen, args)
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: error: interrupted\n")
 
+
+def check(chosen: list[torch.device], args) -> int:
+    """The report, the problems found (stderr) and the exit code: 1 on any problem."""
     from fastmim.ops import _extension, selfcheck
 
     env = environment()

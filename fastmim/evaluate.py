@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastmim.console import one_line_warnings
+
 EXAMPLES = """examples:
   python -m fastmim.evaluate knn runs/demo/checkpoints/last.pt --train data/train --val data/val
   python -m fastmim.evaluate linear student.safetensors --train data/train --val data/val --out probe.json
@@ -30,7 +32,7 @@ EXAMPLES = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastmim.evaluate", description=__doc__, epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("protocol", choices=["knn", "linear"], help="k-NN (DINO) or linear probe (MAE)")
     p.add_argument("model", metavar="MODEL", help="a fastmim checkpoint (.pt), an exported .safetensors, or a timm "
                    "model name (with --weights)")
@@ -39,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE|hub", help="weights of a timm-name MODEL: a local file or hub")
     p.add_argument("--arch", metavar="NAME", help="timm model of a .safetensors that does not record it")
     p.add_argument("--img-size", type=int, metavar="N", help="image size of a timm-name MODEL (default: timm's)")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
-                   help="CLS token after the final norm (default) or the mean of the patch tokens")
+    p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
+                   help="the CLS token after the final norm, or the mean of the patch tokens; auto (default): the "
+                   "feature the method trained (mean for MaskDistill, CLS otherwise; CLS for a timm name)")
     p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
     p.add_argument("--epochs", type=int, default=90, help="linear probe epochs (default 90)")
@@ -55,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
+    """Everything that can be checked without reading a file: MODEL's kind, the folders, the numbers."""
+    from fastmim.eval.models import check_model_spec
+
+    check_model_spec(args.model, args.weights)
     for name in ("train", "val"):
         if not Path(getattr(args, name)).is_dir():
             raise ValueError(f"--{name} {getattr(args, name)!r}: not a folder (an ImageFolder tree is needed)")
@@ -67,19 +74,28 @@ def check_args(args) -> None:
         raise ValueError(f"--workers must be non-negative, got {args.workers}")
 
 
-def features_of(evaluated, path, classes, args, device, dist):
-    """(the ImageFolder, features, labels) in the folder's order; under torchrun process r extracts images
+def labelled_sets(args):
+    """The two ImageFolders, found and their classes checked (the validation classes among the training ones)
+    before the model is loaded or any feature extracted; the transform is set once the model is known."""
+    from fastmim.eval.data import image_folder
+
+    train = image_folder(args.train, None)
+    return train, image_folder(args.val, None, train.classes)
+
+
+def features_of(evaluated, data, pooling, args, device, dist):
+    """(features, labels) of the ImageFolder `data` in its order; under torchrun process r extracts images
     r, r + world, … (no padding, so no image counts twice) and every process gets all of them back."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from fastmim.eval import eval_transform, extract
-    from fastmim.eval.data import image_folder
+    from fastmim.data import usable_workers
+    from fastmim.eval import extract
 
-    data = image_folder(path, eval_transform(evaluated.img_size, evaluated.mean, evaluated.std), classes)
+    path = data.root
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
     share = Subset(data, range(rank, len(data), world))
-    loader = DataLoader(share, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+    loader = DataLoader(share, batch_size=args.batch_size, shuffle=False, num_workers=usable_workers(args.workers))
     seen = [0]
 
     def progress(n):
@@ -88,7 +104,7 @@ def features_of(evaluated, path, classes, args, device, dist):
             print(f"\r  {path}: {seen[0]}/{len(share)} images" + (f" (rank 0's share of {len(data)})" if dist else ""),
                   end="", flush=True)
 
-    feats, labels = extract(evaluated.model, loader, args.pooling, device, progress)
+    feats, labels = extract(evaluated.model, loader, pooling, device, progress)
     if rank == 0:
         print()
     if dist:  # every rank's share on every rank, back in the folder's order
@@ -97,7 +113,15 @@ def features_of(evaluated, path, classes, args, device, dist):
         order = torch.cat([torch.arange(r, len(data), world) for r in range(world)])
         feats = torch.empty(len(data), feats.shape[1]).index_copy_(0, order, torch.cat([f for f, _ in gathered]))
         labels = torch.empty(len(data), dtype=torch.long).index_copy_(0, order, torch.cat([y for _, y in gathered]))
-    return data, feats, labels
+    return feats, labels
+
+
+def say(line: str) -> None:
+    """A line from rank 0 (every process runs the same command under torchrun)."""
+    import os
+
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(line, flush=True)
 
 
 def evaluate(args) -> dict:
@@ -105,7 +129,8 @@ def evaluate(args) -> dict:
 
     import torch
 
-    from fastmim.eval import LinearProbeConfig, knn_accuracy, linear_probe
+    from fastmim.eval import LinearProbeConfig, eval_transform, knn_accuracy, linear_probe
+    from fastmim.eval.features import POOLING_WORDS
     from fastmim.eval.models import load_eval_model, to_device
 
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
@@ -114,12 +139,21 @@ def evaluate(args) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    train_data, val_data = labelled_sets(args)
     evaluated = to_device(load_eval_model(args.model, args.weights, args.arch, args.img_size), device)
+    train_data.transform = val_data.transform = eval_transform(evaluated.img_size, evaluated.mean, evaluated.std)
+    pooling = evaluated.pooling if args.pooling == "auto" else args.pooling
+    say(f"features: {POOLING_WORDS[pooling]}" + (f" ({evaluated.pooling_reason}; --pooling to choose)"
+                                                  if args.pooling == "auto" else ""))
+    if args.protocol == "linear" and args.probe_batch > len(train_data):
+        say(f"warning: --probe-batch {args.probe_batch} is more than the {len(train_data)} training images: each "
+            f"step sees them all while lr = --base-lr × {args.probe_batch}/256 assumes a larger batch; use "
+            f"--probe-batch {min(len(train_data), 256)} or so on a set this small")
     start = time.perf_counter()
-    train_data, train_f, train_y = features_of(evaluated, args.train, None, args, device, distributed)
-    _, val_f, val_y = features_of(evaluated, args.val, train_data.classes, args, device, distributed)
+    train_f, train_y = features_of(evaluated, train_data, pooling, args, device, distributed)
+    val_f, val_y = features_of(evaluated, val_data, pooling, args, device, distributed)
     result = {"protocol": args.protocol, "model": args.model, "description": evaluated.description,
-              "pooling": args.pooling, "train_images": len(train_y), "val_images": len(val_y),
+              "pooling": pooling, "train_images": len(train_y), "val_images": len(val_y),
               "classes": len(train_data.classes)}
     if distributed and torch.distributed.get_rank() != 0:
         return result  # rank 0 scores the gathered features: the probe on cached features is seconds of work
@@ -152,11 +186,14 @@ def print_result(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    one_line_warnings()
     try:
         check_args(args)
         result = evaluate(args)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: error: interrupted; nothing was written\n")
     import torch.distributed as dist
 
     from fastmim.train import distributed as dist_utils

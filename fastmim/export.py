@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from fastmim.checkpoint import load_checkpoint, read_config, student_arguments, student_weights
+from fastmim.checkpoint import atomic_write, load_checkpoint, read_config, student_arguments, student_weights
 from fastmim.config import Config
+from fastmim.methods.configs import method_name
 
 
 def timm_arguments(cfg: Config) -> tuple[str, dict]:
@@ -37,16 +38,34 @@ def timm_arguments(cfg: Config) -> tuple[str, dict]:
     return name, kwargs
 
 
-def timm_call(cfg: Config, path: str) -> str:
-    """The timm call that rebuilds a run's student."""
+def timm_call(cfg: Config, path: str, num_classes: int) -> str:
+    """The timm call that rebuilds a run's student from the export at `path` (its head has `num_classes`)."""
     name, kwargs = timm_arguments(cfg)
+    if num_classes != 1000:  # timm's default
+        kwargs["num_classes"] = num_classes
     extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
     return f"timm.create_model({name!r}{extra}, checkpoint_path={path!r})"
 
 
+def check_out(out: Path) -> None:
+    """Before any work: --out names a .safetensors file whose folder can hold it."""
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; name the file, e.g. {str(out / 'student.safetensors')!r}")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {str(out)!r}: the export is a .safetensors file; name it FILE.safetensors")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"--out {str(out)!r}: {str(out.parent)!r} is a file, not a folder")
+
+
 def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 1000) -> str:
+    """Write the run's student as a timm state dict (with a zero `head_classes`-way head, none for 0) to `out`,
+    atomically; returns the timm call that loads it."""
     from safetensors.torch import save_file
 
+    out = Path(out)
+    check_out(out)
+    if head_classes < 0:
+        raise ValueError(f"--head-classes must be 0 or more, got {head_classes}")
     checkpoint = load_checkpoint(Path(checkpoint_path))
     cfg = read_config(checkpoint, checkpoint_path)
     state = student_weights(checkpoint, pretraining_only=False)
@@ -54,20 +73,18 @@ def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 100
         dim = state["cls_token"].shape[-1]
         state["head.weight"] = torch.zeros(head_classes, dim)
         state["head.bias"] = torch.zeros(head_classes)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     name, kwargs = timm_arguments(cfg)
     metadata = {"format": "pt", "source": "fastmim", "timm_model": name, "timm_kwargs": json.dumps(kwargs),
-                "mean": json.dumps(list(cfg.data.mean)), "std": json.dumps(list(cfg.data.std))}  # for evaluate
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(out)
-    return timm_call(cfg, str(out))
+                "mean": json.dumps(list(cfg.data.mean)), "std": json.dumps(list(cfg.data.std)),  # for evaluate
+                "method": method_name(cfg.method), "pooling": type(cfg.method).feature_pooling}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(lambda path: save_file(state, str(path), metadata=metadata), out)
+    return timm_call(cfg, str(out), head_classes)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastmim.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("checkpoint", help="a fastmim checkpoint, e.g. runs/demo/checkpoints/last.pt")
     parser.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to write the student")
     parser.add_argument("--head-classes", type=int, default=1000, metavar="N",
@@ -76,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         call = export(args.checkpoint, args.out, args.head_classes)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
-        parser.error(str(error))
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: error: interrupted; nothing was written\n")
     print(f"wrote {args.out}; load it with {call}")
     return 0
 

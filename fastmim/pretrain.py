@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
 import yaml
 
 from fastmim.config import Config, check_config, choice_fields, from_dict, parse_assignment, set_field, to_yaml
+from fastmim.console import one_line_warnings
 from fastmim.methods.configs import method_name
 from fastmim.recipes import RECIPES, describe, recipe
 
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "if present (its configuration must match, but for max_steps, logging and checkpoint cadence); "
                    "never: start from scratch, refused where DIR holds a run unless --set train.overwrite=true, "
                    "which clears it first; PATH: that checkpoint")
+    p.add_argument("--init", metavar="CHECKPOINT", help="start a new run from another run's weights (its "
+                   "checkpoint's student, heads, decoder: same method and model), with a fresh optimizer and "
+                   "schedule; e.g. to train a finished run longer under a new schedule")
     p.add_argument("--kernels", choices=["auto", "fused", "reference"], help="fastmim's fused kernels (fused), the "
                    "plain-PyTorch references (reference) or the kernels when built (auto, default)")
     p.add_argument("--data-backend", choices=["auto", "dali", "torchvision", "synthetic"], help="input pipeline: "
@@ -87,14 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 FLAG_FIELDS = {
     "data": "data.path", "output": "train.output", "max_steps": "train.max_steps", "epochs": "train.epochs",
     "batch_size": "data.batch_size", "resume": "train.resume", "kernels": "train.kernels",
-    "data_backend": "data.backend", "device": "train.device", "compile": "train.compile",
+    "data_backend": "data.backend", "device": "train.device", "compile": "train.compile", "init": "train.init",
     "eval_train": "eval.train", "eval_val": "eval.val",
 }
 
 
-def set_teacher_flags(cfg: Config, teacher: str | None, weights: str | None) -> None:
+def set_teacher_flags(cfg: Config, teacher: str | None, weights: str | None) -> set[str]:
     """--teacher/--teacher-weights: one teacher (method.teacher), a list of them (method.teachers), or an
-    error for a method without one."""
+    error for a method without one. Returns the fields set."""
+    changed = set()
     for flag, value, single, several in (("--teacher", teacher, "teacher", "teachers"),
                                          ("--teacher-weights", weights, "teacher_weights", "teacher_weights")):
         if value is None:
@@ -103,9 +107,28 @@ def set_teacher_flags(cfg: Config, teacher: str | None, weights: str | None) -> 
         if current is None:
             raise ValueError(f"{flag}: method {method_name(cfg.method)!r} has no teacher")
         if isinstance(current, tuple):
-            set_field(cfg, f"method.{several}", tuple(part.strip() for part in value.split(",")))
+            name, value = several, tuple(part.strip() for part in value.split(","))
         else:
-            set_field(cfg, f"method.{single}", value)
+            name = single
+        set_field(cfg, f"method.{name}", value)
+        changed.add(f"method.{name}")
+    return changed
+
+
+def teacher_names(method) -> tuple:
+    return tuple(getattr(method, "teachers", None) or [getattr(method, "teacher", None)])
+
+
+def take_named_teacher(cfg: Config, before: tuple, explicit: set[str]) -> None:
+    """Naming another teacher than the starting configuration's (--teacher, --set method.teacher…) means that
+    teacher as it is: its real architecture and its hub weights, not the recipe's settings for its own teacher
+    (the demos' random, 4-block one). What was set explicitly is kept."""
+    if teacher_names(cfg.method) == before:
+        return
+    defaults = type(cfg.method)()
+    for name in ("teacher_weights", "teacher_kwargs"):
+        if hasattr(defaults, name) and not any(key.startswith(f"method.{name}") for key in explicit):
+            setattr(cfg.method, name, getattr(defaults, name))
 
 
 def starting_config(args: argparse.Namespace) -> Config:
@@ -131,16 +154,19 @@ def starting_config(args: argparse.Namespace) -> Config:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     cfg = starting_config(args)
+    teachers = teacher_names(cfg.method)
     for flag, dotted in FLAG_FIELDS.items():
         value = getattr(args, flag)
         if value is not None:
             set_field(cfg, dotted, value)
-    set_teacher_flags(cfg, args.teacher, args.teacher_weights)
+    explicit = set_teacher_flags(cfg, args.teacher, args.teacher_weights)
     if args.data is not None and args.data_backend is None and cfg.data.backend == "synthetic":
         cfg.data.backend = "auto"  # --data given to a synthetic recipe: read it
     for assignment in args.set:
         key, value = parse_assignment(assignment)
         set_field(cfg, key, value)
+        explicit.add(key)
+    take_named_teacher(cfg, teachers, explicit)
     check_config(cfg)
     return cfg
 
@@ -148,6 +174,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    one_line_warnings()
     if args.list_recipes:
         for name in RECIPES:
             print(f"{name:32} {method_name(recipe(name).method):12} {describe(name)}")
@@ -159,17 +186,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(to_yaml(cfg, annotate=True))
         return 0
+    from fastmim.train.signals import StopSignals
+
+    try:
+        with StopSignals() as signals:  # Ctrl-C recorded from here on, through the heavy imports and the build
+            return train(cfg, parser, signals)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        parser.exit(INTERRUPTED["SIGINT"], f"{parser.prog}: error: interrupted\n")
+
+
+def train(cfg: Config, parser: argparse.ArgumentParser, signals) -> int:
     from fastmim.ops.selfcheck import KernelMismatchError
-    from fastmim.train.trainer import Interrupted, Trainer  # heavy imports only when training
+    from fastmim.train.trainer import Interrupted, NonFiniteLossError, Trainer  # heavy imports only when training
 
     try:
         trainer = Trainer(cfg)  # everything that can be wrong with the input is found here, before any work
     except (FileNotFoundError, ValueError, KernelMismatchError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:
-        trainer.run()
+        trainer.run(signals)
     except Interrupted as stop:
+        if stop.before_start:
+            parser.exit(INTERRUPTED[stop.signal_name], f"{parser.prog}: error: interrupted by {stop.signal_name} "
+                        "before training started; nothing was written\n")
         return INTERRUPTED[stop.signal_name]
+    except NonFiniteLossError as error:  # the run failed (exit 1), the input was not wrong
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     return 0
 
 

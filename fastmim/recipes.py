@@ -156,7 +156,8 @@ def demo_setup(cfg: Config, output: str) -> Config:
 
 @recipe_function
 def demo() -> Config:
-    """MaskAlign on the CPU in minutes: a 4-block, 96-wide student, a random 4-block teacher, synthetic images."""
+    """MaskAlign on the CPU in about a minute: a 4-block, 96-wide student, a random 4-block teacher, synthetic
+    images."""
     cfg = Config()
     cfg.method = MaskAlignConfig(**tiny_student(), teacher="vit_tiny_patch16_224", teacher_weights="random",
                                  **tiny_teacher(), level_weights="top2")
@@ -165,7 +166,8 @@ def demo() -> Config:
 
 @recipe_function
 def demo_mae() -> Config:
-    """MAE on the CPU in a minute: the demo's student on 8-px patches, a 2-block 64-wide decoder, synthetic images."""
+    """MAE on the CPU in about a minute: the demo's student on 8-px patches, a 2-block 64-wide decoder, synthetic
+    images."""
     cfg = Config()
     cfg.method = MAEConfig(**{**tiny_student(), "patch_size": 8}, decoder_dim=64, decoder_depth=2, decoder_heads=2)
     return demo_setup(cfg, "runs/demo_mae")
@@ -173,7 +175,7 @@ def demo_mae() -> Config:
 
 @recipe_function
 def demo_mrmae() -> Config:
-    """MR-MAE on the CPU in minutes: the MAE demo plus the mimic of a random 4-block teacher."""
+    """MR-MAE on the CPU in about a minute: the MAE demo plus the mimic of a random 4-block teacher."""
     cfg = Config()
     cfg.method = MRMAEConfig(**tiny_student(), decoder_dim=64, decoder_depth=2, decoder_heads=2,
                              teachers=("vit_tiny_patch16_224",), teacher_weights=("random",), **tiny_teacher())
@@ -182,7 +184,7 @@ def demo_mrmae() -> Config:
 
 @recipe_function
 def demo_maskdistill() -> Config:
-    """MaskDistill on the CPU in minutes: the demo's student with layer scale and mask tokens, a random 4-block
+    """MaskDistill on the CPU in about a minute: the demo's student with layer scale and mask tokens, a random 4-block
     teacher, block masks, synthetic images."""
     cfg = Config()
     cfg.method = MaskDistillConfig(**tiny_student(), teacher="vit_tiny_patch16_224", teacher_weights="random",
@@ -197,5 +199,5 @@ def recipe(name: str) -> Config:
 
 
 def describe(name: str) -> str:
-    """The recipe's one-line description."""
-    return (RECIPES[name].__doc__ or "").strip().splitlines()[0]
+    """The recipe's description: the first paragraph of its docstring, on one line."""
+    return " ".join((RECIPES[name].__doc__ or "").strip().split("\n\n")[0].split())

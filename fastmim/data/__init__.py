@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import os
 
 import torch
 
@@ -41,9 +43,28 @@ def resolve_backend(cfg: DataConfig) -> str:
     return cfg.backend
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as a container or a scheduler sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def usable_workers(requested: int) -> int:
+    """Worker processes (DALI: threads) never above the cores available: more only compete for them (and
+    PyTorch's DataLoader warns about it)."""
+    return min(requested, available_cores())
+
+
 def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu") -> ImageLoader:
+    """The loader `cfg` describes, its `backend` ('dali', 'torchvision' or 'synthetic') and `workers` (what it
+    runs with: data.workers, at most the cores available) set."""
     backend = resolve_backend(cfg)
+    loader = _build(dataclasses.replace(cfg, workers=usable_workers(cfg.workers)), backend, rank, world_size, device)
+    loader.backend, loader.workers = backend, usable_workers(cfg.workers)
+    return loader
+
+
+def _build(cfg: DataConfig, backend: str, rank: int, world_size: int, device) -> ImageLoader:
     if backend != "synthetic":
         from .folder import check_exists
 

@@ -10,6 +10,7 @@ The trainer only ever does:
     loader.load_state_dict(state)    # before iterating: continue with the same order and augmentation
     loader.skipped                   # images skipped so far because they could not be decoded
     loader.num_images                # images found (all ranks together)
+    loader.backend, loader.workers   # the pipeline chosen (dali/torchvision/synthetic) and its workers/threads
     len(loader)                      # steps (batches) per epoch for this rank
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ from fastmim.data_config import DataConfig  # noqa: F401  (re-exported)
 class ImageLoader(Protocol):
     skipped: int
     num_images: int
+    backend: str
+    workers: int
 
     def __len__(self) -> int: ...
 

@@ -11,7 +11,11 @@ def image_folder(path: str, transform, classes: list[str] | None = None):
 
     if not Path(path).is_dir():
         raise ValueError(f"evaluation folder {str(path)!r} does not exist (an ImageFolder tree is needed)")
-    data = ImageFolder(path, transform=transform)
+    try:
+        data = ImageFolder(path, transform=transform)
+    except FileNotFoundError as error:  # no class folder, or a class folder without images
+        raise ValueError(f"evaluation folder {str(path)!r} is not a labelled ImageFolder tree (one subfolder of "
+                         f"images per class): {error}") from None
     if not len(data):
         raise ValueError(f"no images found in evaluation folder {str(path)!r}")
     if classes is not None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 POOLINGS = ("cls", "mean")
+POOLING_WORDS = {"cls": "the CLS token after the final norm", "mean": "the mean of the patch tokens"}
 
 
 def eval_transform(img_size: int, mean, std):

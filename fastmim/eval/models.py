@@ -21,6 +21,8 @@ class EvalModel:
     mean: tuple
     std: tuple
     description: str
+    pooling: str = "cls"                                  # the feature it was trained for
+    pooling_reason: str = "what a timm model's head reads"
 
 
 def from_checkpoint(path: Path) -> EvalModel:
@@ -32,9 +34,10 @@ def from_checkpoint(path: Path) -> EvalModel:
     state = student_weights(checkpoint)
     student = vit_model(**student_arguments(cfg), mask_token="mask_token" in state)
     student.load_state_dict(state)
-    image = cfg.data.image
-    return EvalModel(student, image.size, image.mean, image.std,
-                     f"{checkpoint.get('method_name', 'fastmim')} student at step {checkpoint.get('step')}")
+    image, method = cfg.data.image, checkpoint.get("method_name", "fastmim")
+    pooling = type(cfg.method).feature_pooling
+    return EvalModel(student, image.size, image.mean, image.std, f"{method} student at step {checkpoint.get('step')}",
+                     pooling, f"what {method} trains")
 
 
 def from_export(path: Path, arch: str | None) -> EvalModel:
@@ -54,7 +57,9 @@ def from_export(path: Path, arch: str | None) -> EvalModel:
     model.load_state_dict(state, strict=True)
     mean = tuple(json.loads(meta["mean"])) if "mean" in meta else IMAGENET_MEAN
     std = tuple(json.loads(meta["std"])) if "std" in meta else IMAGENET_STD
-    return EvalModel(model, model.patch_embed.img_size[0], mean, std, f"{name} from {path.name}")
+    pooling, method = meta.get("pooling", "cls"), meta.get("method", "its method")
+    return EvalModel(model, model.patch_embed.img_size[0], mean, std, f"{name} from {path.name}", pooling,
+                     f"what {method} trains" if "pooling" in meta else "the export does not record it")
 
 
 def from_timm(name: str, weights: str | None, img_size: int | None) -> EvalModel:
@@ -67,11 +72,8 @@ def from_timm(name: str, weights: str | None, img_size: int | None) -> EvalModel
     model_name = resolve_teacher_name(name)
     kwargs = dict(num_classes=0, **({"img_size": img_size} if img_size else {}))
     if weights == "hub":
-        model = create_from_hub(model_name, name, **kwargs)
+        model = create_from_hub(model_name, f"MODEL {name!r}", "--weights", **kwargs)
     else:
-        if weights is None:
-            raise ValueError(f"MODEL {name!r} is a timm name: give its weights with --weights FILE (or --weights hub "
-                             "to download timm's)")
         model = timm.create_model(model_name, pretrained=False, **kwargs)
         load_teacher_weights(model, weights)
     cfg = model.pretrained_cfg
@@ -79,17 +81,31 @@ def from_timm(name: str, weights: str | None, img_size: int | None) -> EvalModel
                      tuple(cfg.get("std", IMAGENET_STD)), f"{model_name} ({weights})")
 
 
-def load_eval_model(spec: str, weights: str | None = None, arch: str | None = None,
-                    img_size: int | None = None) -> EvalModel:
+def check_model_spec(spec: str, weights: str | None = None) -> str:
+    """What MODEL names — 'checkpoint', 'export' or 'timm' — checked without loading anything: a missing file or
+    a timm name without --weights is an error at once."""
     path = Path(spec)
     if path.suffix in (".pt", ".pth") and weights is None:
         if not path.is_file():
             raise FileNotFoundError(f"MODEL {spec!r}: no such checkpoint")
-        return from_checkpoint(path)
+        return "checkpoint"
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise FileNotFoundError(f"MODEL {spec!r}: no such file")
-        return from_export(path, arch)
+        return "export"
+    if weights is None:
+        raise ValueError(f"MODEL {spec!r} is a timm name: give its weights with --weights FILE (or --weights hub "
+                         "to download timm's)")
+    return "timm"
+
+
+def load_eval_model(spec: str, weights: str | None = None, arch: str | None = None,
+                    img_size: int | None = None) -> EvalModel:
+    kind = check_model_spec(spec, weights)
+    if kind == "checkpoint":
+        return from_checkpoint(Path(spec))
+    if kind == "export":
+        return from_export(Path(spec), arch)
     return from_timm(spec, weights, img_size)
 
 

@@ -76,6 +76,22 @@ class Method(nn.Module):
     def forward(self, images: torch.Tensor) -> MethodOutput:
         return self.trained_pass(images, self.frozen_pass(images))
 
+    # --- what it is made of --------------------------------------------------------------------------------
+    def describe(self) -> list[str]:
+        """Lines for the start of a run: each frozen model the method learns from and where its weights came
+        from."""
+        return [f"teacher {i + 1} of {len(self.teachers)}: {t.describe()}" if len(self.teachers) > 1
+                else f"teacher: {t.describe()}" for i, t in enumerate(self.teachers)]
+
+    def warnings(self, on_real_images: bool) -> list[str]:
+        """What the start of a run should warn about: a teacher with random weights is what the demos and tests
+        use on synthetic images, and a mistake on real ones."""
+        random = [t.model_name for t in self.teachers if t.weights == "random"]
+        if not random or not on_real_images:
+            return []
+        return [f"warning: the teacher {', '.join(random)} has RANDOM weights: on your images that trains the "
+                "student to copy noise; name its weights with --teacher-weights FILE (or hub)"]
+
     # --- set-up -------------------------------------------------------------------------------------------
     def set_teachers(self, teachers: list[nn.Module]) -> None:
         object.__setattr__(self, "teachers", list(teachers))

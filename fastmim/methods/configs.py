@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
-from fastmim.config_values import Matches
+from fastmim.config_values import Floats, Matches, Strings
 
 Loss = Literal["smooth_l1", "l2", "l1", "cosine"]
 TargetNorm = Literal["layernorm", "l2", "batchnorm", "none"]
@@ -30,8 +30,10 @@ METHOD_CONFIGS: dict[str, type] = {}  # method name → its configuration class,
 
 @dataclass
 class MethodConfig:
-    """The base of every method's configuration: a subclass that sets `method_name` registers itself."""
+    """The base of every method's configuration: a subclass that sets `method_name` registers itself.
+    `feature_pooling` is the student feature the method trains, which evaluation reads unless told otherwise."""
     method_name: ClassVar[str]
+    feature_pooling: ClassVar[str] = "cls"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -86,10 +88,10 @@ class MAEConfig(StudentConfig):
 class MRMAEConfig(MAEConfig):
     """MR-MAE (interpretation): MAE plus a mimic loss of CLIP/DINO features at the visible tokens."""
     method_name: ClassVar[str] = "mrmae"
-    teachers: tuple = ("clip_b16",)        # one or two teachers (e.g. clip_b16, dino_b16)
-    teacher_weights: tuple = ("hub",)      # per teacher: hub, random or a local file
+    teachers: Annotated[tuple, Strings()] = ("clip_b16",)  # one or two teachers (e.g. clip_b16, dino_b16)
+    teacher_weights: Annotated[tuple, Strings()] = ("hub",)  # per teacher (or one for all): hub, random or a file
     teacher_kwargs: dict = field(default_factory=dict)  # architecture overrides for every teacher (tests, demos)
-    mimic_weights: tuple = (1.0,)          # per teacher: its mimic loss's weight in the total
+    mimic_weights: Annotated[tuple, Floats()] = (1.0,)  # per teacher (or one for all): its mimic loss's weight
     mimic_loss: Loss = "l2"                # against the LayerNorm-normalized targets
     # random, or attention ("focused mimicking": from the first teacher's CLS); block masks are MaskDistill's
     mask_mode: Literal["random", "attention"] = "random"
@@ -100,6 +102,7 @@ class MaskDistillConfig(StudentConfig):
     """MaskDistill (interpretation): a dense student with mask tokens predicts a teacher's normalized features at
     the masked positions of BEiT v2's block masks."""
     method_name: ClassVar[str] = "maskdistill"
+    feature_pooling: ClassVar[str] = "mean"  # its loss reads the patch tokens only
     init_values: float = 0.1               # layer scale (timm's ls1/ls2.gamma); 0 or None: none
     mask_ratio: float = 0.4                # block masks: M = int(N · mask_ratio) masked patches (78 of 196)
     teacher: str = "clip_b16"              # clip_b16, or clip_l14 (at 196 px), or any timm ViT

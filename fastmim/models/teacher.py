@@ -147,14 +147,23 @@ class Teacher(nn.Module):
         self.img_size = grid * patch  # the teacher's grid must equal the student's
         kwargs = dict(num_classes=0, img_size=self.img_size, **timm_kwargs)
         if weights == "hub":
-            model = create_from_hub(self.model_name, self.model_name, **kwargs)
+            model = create_from_hub(self.model_name, f"teacher {self.model_name!r}", **kwargs)
         else:
             model = timm.create_model(self.model_name, pretrained=False, **kwargs)
         if not isinstance(model, TimmViT) or not model.has_class_token:
             raise ValueError(f"teacher {self.model_name!r} is not a timm VisionTransformer with a CLS token")
         if weights not in ("hub", "random"):
             load_teacher_weights(model, weights)
+        self.weights = weights
+        self.architecture = ", ".join(f"{k}={v}" for k, v in timm_kwargs.items())
         return model
+
+    def describe(self) -> str:
+        """One line: the model, what of its architecture was overridden, and where its weights came from."""
+        source = {"hub": "timm's pretrained weights (hub cache)", "random": "RANDOM weights"}.get(
+            self.weights, f"weights from {self.weights}")
+        changed = f" ({self.architecture})" if self.architecture else ""
+        return f"{self.model_name}{changed}, {source}"
 
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: always in eval mode (no dropout, no drop path)

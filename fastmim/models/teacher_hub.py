@@ -37,8 +37,9 @@ def offline_hub():
         hub.HF_HUB_OFFLINE = before
 
 
-def create_from_hub(model_name: str, teacher: str, **kwargs):
-    """timm.create_model(model_name, pretrained=True, **kwargs), or TeacherWeightsError with the way out."""
+def create_from_hub(model_name: str, what: str, flag: str = "--teacher-weights", **kwargs):
+    """timm.create_model(model_name, pretrained=True, **kwargs), or TeacherWeightsError with the way out (`flag`:
+    the option of the command at hand that takes a local file instead)."""
     reachable = hub_reachable()
     try:
         with contextlib.nullcontext() if reachable else offline_hub():
@@ -46,7 +47,7 @@ def create_from_hub(model_name: str, teacher: str, **kwargs):
     except (OSError, RuntimeError, ValueError) as error:
         why = "the hub cannot be reached and the weights are not in the local cache" if not reachable else str(error)
         raise TeacherWeightsError(
-            f"teacher {teacher!r}: could not get timm's pretrained weights for {model_name!r} ({why}). Without "
-            f"network pass --teacher-weights FILE (a .safetensors or .pth in timm, OpenAI CLIP or open_clip layout); "
+            f"{what}: could not get timm's pretrained weights for {model_name!r} ({why}). Without "
+            f"network pass {flag} FILE (a .safetensors or .pth in timm, OpenAI CLIP or open_clip layout); "
             f"on a machine with network, `python -c \"import timm; timm.create_model('{model_name}', "
             "pretrained=True)\"` fills the cache (copy ~/.cache/huggingface over)") from error

@@ -2,17 +2,26 @@
 ships with Triton, which CUDA builds of torch depend on)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 
 def library_path() -> Path | None:
-    """The file of fastmim._C, or None when it is not built."""
-    matches = sorted((Path(__file__).resolve().parents[1]).glob("_C*.so"))
-    return matches[0] if matches else None
+    """The file of fastmim._C that is loaded (or that Python would load), None when it is not built: with several
+    builds beside each other (another Python's, an old one) it is the one in use that counts."""
+    module = sys.modules.get("fastmim._C")
+    if module is not None and getattr(module, "__file__", None):
+        return Path(module.__file__)
+    try:
+        spec = importlib.util.find_spec("fastmim._C")
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 def cuobjdump() -> str | None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from fastmim.config import EvalConfig
+from fastmim.data import usable_workers
 from fastmim.data_config import ImageSpec
 from fastmim.eval.data import image_folder
-from fastmim.eval.features import eval_transform, extract
+from fastmim.eval.features import POOLING_WORDS, eval_transform, extract
 from fastmim.eval.knn import knn_accuracy
 
 SUBSET_SEED = 0  # the fixed shuffle each class's images are taken from
@@ -44,10 +45,11 @@ def balanced_share(labels: list[int], per_class: int, rank: int, world_size: int
 
 
 class KnnMonitor:
-    def __init__(self, cfg: EvalConfig, image: ImageSpec, rank: int, world_size: int):
+    def __init__(self, cfg: EvalConfig, image: ImageSpec, rank: int, world_size: int, pooling: str | None = None):
+        """pooling: the feature (cls or mean); None: cfg.pooling."""
         from torch.utils.data import Subset
 
-        self.cfg = cfg
+        self.cfg, self.pooling = cfg, pooling or cfg.pooling
         transform = eval_transform(image.size, image.mean, image.std)
         bank = image_folder(cfg.train, transform)
         queries = image_folder(cfg.val, transform, bank.classes)
@@ -59,22 +61,23 @@ class KnnMonitor:
 
     def describe(self) -> str:
         return (f"k-NN monitor: {len(self.bank)} bank and {len(self.queries)} query images on rank 0 "
-                f"(k {self.cfg.k}, T {self.cfg.temperature}, {self.cfg.pooling} features), every "
+                f"(k {self.cfg.k}, T {self.cfg.temperature}, {POOLING_WORDS[self.pooling]}), every "
                 f"{self.cfg.every} steps and at the end")
 
     def _loader(self, data):
         from torch.utils.data import DataLoader
 
         # Its own generator: making the iterator draws a seed, which must not come from the training's stream.
-        return DataLoader(data, batch_size=self.cfg.batch_size, shuffle=False, num_workers=self.cfg.workers,
+        return DataLoader(data, batch_size=self.cfg.batch_size, shuffle=False,
+                          num_workers=usable_workers(self.cfg.workers),
                           generator=torch.Generator().manual_seed(SUBSET_SEED))
 
     def evaluate(self, model: torch.nn.Module, device: torch.device, autocast) -> dict:
         """{'knn_top1', 'knn_top5', 'knn_seconds'} of `model` (left in the mode it was in)."""
         start = time.perf_counter()
         with autocast:
-            bank_features, bank_labels = extract(model, self._loader(self.bank), self.cfg.pooling, device)
-            query_features, query_labels = extract(model, self._loader(self.queries), self.cfg.pooling, device)
+            bank_features, bank_labels = extract(model, self._loader(self.bank), self.pooling, device)
+            query_features, query_labels = extract(model, self._loader(self.queries), self.pooling, device)
         top1, top5 = knn_accuracy(bank_features, bank_labels, query_features, query_labels, self.cfg.k,
                                   self.cfg.temperature)
         return {"knn_top1": top1, "knn_top5": top5, "knn_seconds": time.perf_counter() - start}

@@ -3,8 +3,8 @@ logging into the pretraining loop. It drives any method through fastmim.methods.
 the registry from the config's method section): never a method's class or name."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fastmim import ops
 from fastmim.checkpoint import load_checkpoint, process_state, resolve_resume, save_checkpoint, training_state
-from fastmim.config import Config, from_dict, to_dict, to_yaml
+from fastmim.config import Config, from_dict, monitor_pooling, to_dict, to_yaml
 from fastmim.data import build_loader
 from fastmim.methods.base import Method
 from fastmim.methods.registry import build_method
@@ -33,45 +33,10 @@ from .resume_check import compare
 from .rng import get_rng_state, set_rng_state
 from .run_folder import check_output, clear_run, holds_run
 from .schedule import learning_rate, peak_lr
+from .signals import Interrupted, StopSignals
 from .step import train_step
 
 __all__ = ["Interrupted", "NonFiniteLossError", "Trainer"]
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after a step; last.pt holds it."""
-
-    def __init__(self, signal_name: str):
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-
-
-class StopSignals:
-    """While active, SIGINT and SIGTERM only ask the loop to stop after the current step (the main thread's
-    handlers; a second signal of the same kind gets the default behaviour back)."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self.previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave the signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None:  # asked twice: stop now
-            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
-            signal.raise_signal(signum)
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 def check_kernels_on(device: torch.device, mode: str) -> None:
@@ -132,6 +97,8 @@ class Trainer:
         # Resolved and loaded here, before any work, so a bad --resume is reported like any other bad input.
         path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
         self.resumed = self.restore(path) if path else None
+        if cfg.train.init and not self.resumed:
+            self.initialize(Path(cfg.train.init))
 
     # --- construction -------------------------------------------------------------------------------
     def _check_fresh_start(self, cfg: Config) -> bool:
@@ -150,7 +117,7 @@ class Trainer:
         check_folders(cfg.eval)
         if not self.dist.is_main:
             return None
-        return KnnMonitor(cfg.eval, cfg.data.image, self.dist.rank, self.dist.world_size)
+        return KnnMonitor(cfg.eval, cfg.data.image, self.dist.rank, self.dist.world_size, monitor_pooling(cfg))
 
     def _build_method(self) -> Method:
         torch.manual_seed(self.cfg.train.seed)  # identical teachers and initial student on every rank
@@ -171,7 +138,8 @@ class Trainer:
         saved = state.get("method_name")  # absent in checkpoints written before runs recorded their method
         if saved is not None and saved != self.method.name:
             raise ValueError(f"checkpoint {str(path)!r} was written by a {saved} run; this run trains "
-                             f"{self.method.name} (use another --output, or --resume never)")
+                             f"{self.method.name}: use another --output, or replace that run with --resume never "
+                             "--set train.overwrite=true")
         changes = self._check_same_run(path, state)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -179,6 +147,21 @@ class Trainer:
             raise ValueError(f"checkpoint {str(path)!r} was written by {state['world_size']} processes; resuming "
                              f"with {self.dist.world_size} would change the data order (use the same count)")
         return Resumed(path, state, changes)
+
+    def initialize(self, path: Path) -> None:
+        """A new run that starts from another run's weights (--init): the method's state, not its optimizer,
+        schedule or data position."""
+        if not path.is_file():
+            raise FileNotFoundError(f"--init {str(path)!r}: no such checkpoint file")
+        state = load_checkpoint(path)
+        if state.get("method_name", self.method.name) != self.method.name:
+            raise ValueError(f"--init {str(path)!r} was written by a {state['method_name']} run; this run trains "
+                             f"{self.method.name}")
+        try:
+            self.method.load_state_dict(state["method"])
+        except RuntimeError as error:  # another architecture: name the first differences, not a traceback
+            first = str(error).split("\n\t")[1:3]
+            raise ValueError(f"--init {str(path)!r} does not fit this run's model: {'; '.join(first)}") from None
 
     def _check_same_run(self, path: Path, state: dict) -> list[str]:
         """The saved configuration against this one, before any weights are loaded: the accepted changes."""
@@ -193,7 +176,8 @@ class Trainer:
             listing = "\n  ".join(refused)
             raise ValueError(f"--resume: {str(path)!r} was saved by a run with another configuration; these "
                              f"fields define the run and must match (saved → now):\n  {listing}\nuse the saved "
-                             "values (its config.yaml: --config), another --output, or --resume never")
+                             "values (its config.yaml: --config), another --output, or replace that run with "
+                             "--resume never --set train.overwrite=true")
         return accepted
 
     def _save(self, step: int, metrics: MetricsProcessor) -> None:
@@ -208,7 +192,16 @@ class Trainer:
         dist_utils.barrier()
 
     # --- the run ------------------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, signals: StopSignals | None = None) -> dict:
+        """Train to the stop step. `signals`: the caller's StopSignals when it took Ctrl-C over before building
+        the trainer (a signal it received already stops the run before anything is written)."""
+        with contextlib.nullcontext(signals) if signals is not None else StopSignals() as signals:
+            if signals.received:
+                dist_utils.teardown()
+                raise Interrupted(signals.received, before_start=True)
+            return self._run(signals)
+
+    def _run(self, signals: StopSignals) -> dict:
         cfg, main = self.cfg, self.dist.is_main
         state = self.resumed.state if self.resumed else None
         if self.resumed:
@@ -216,13 +209,12 @@ class Trainer:
         step = state["step"] if state else 0
         if step >= self.stop_step:  # a finished run: say so and change nothing
             if main:
-                print(f"the run in {self.output} is complete at step {step} of {self.stop_step}; nothing to do "
-                      f"(--max-steps N up to {self.total_steps} continues its schedule)")
+                print(self._complete_message(step))
             dist_utils.teardown()
             return {"steps": step, "complete": True}
         if main:
             if self.clear_first:
-                clear_run(self.output)
+                print(clear_run(self.output))
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(cfg))
         progress = ProgressReporter(self.stop_step, step, enabled=main)
@@ -230,8 +222,7 @@ class Trainer:
             progress.log(line)
         metrics = self._metrics(step, state, progress)
         try:
-            with StopSignals() as signals:
-                step, stopped_by = self._train(step, state, metrics, signals)
+            step, stopped_by = self._train(step, state, metrics, signals)
         finally:
             progress.close()
             if metrics.writer:
@@ -248,6 +239,15 @@ class Trainer:
         dist_utils.barrier()
         dist_utils.teardown()
         return summary
+
+    def _complete_message(self, step: int) -> str:
+        done = f"the run in {self.output} is complete at step {step} of {self.stop_step}; nothing to do"
+        if self.stop_step < self.total_steps:
+            return f"{done} (--max-steps N, up to {self.total_steps}, continues its schedule)"
+        checkpoint = self.output / "checkpoints" / "last.pt"
+        return (f"{done}. To train longer: --epochs N with N above {self.cfg.train.epochs} continues it along a "
+                f"schedule of N epochs (the learning rate is recomputed for the new length), or start a new run "
+                f"from its weights with --init {checkpoint} --output NEW_DIR")
 
     def _metrics(self, step: int, state: dict | None, progress: ProgressReporter) -> MetricsProcessor:
         cfg, main = self.cfg, self.dist.is_main
@@ -331,14 +331,21 @@ def startup_lines(trainer: Trainer, step: int) -> list[str]:
     used = len(t.loader) * cfg.data.batch_size * t.dist.world_size
     images = f"{found:,} images, {found - used:,} dropped per epoch" if found is not None else "images: unknown"
     kernels = "fused" if ops.kernels_mode() != "reference" and ops.fused_ops() is not None else "reference"
+    backend = t.loader.backend + (" (--data-backend auto)" if cfg.data.backend == "auto" else "")
+    workers = f"data workers: {t.loader.workers}" + (
+        f" (data.workers={cfg.data.workers} lowered to the {t.loader.workers} cores available)"
+        if t.loader.workers < cfg.data.workers else "")
     lines = [
         f"{t.method.name} on {t.device} × {t.dist.world_size} ({t.precision}), kernels {kernels} "
         f"(--kernels {cfg.train.kernels}), attention {getattr(t.method, 'attention', cfg.method.attn_backend)}",
-        f"data: {images} (batch {cfg.data.batch_size} × {t.dist.world_size} processes × {t.accum} accumulation = "
-        f"{t.global_batch}), {t.steps_per_epoch} steps per epoch",
+        *t.method.describe(),
+        f"data: {backend}, {images} (batch {cfg.data.batch_size} × {t.dist.world_size} processes × {t.accum} "
+        f"accumulation = {t.global_batch}), {t.steps_per_epoch} steps per epoch",
+        f"threads: {torch.get_num_threads()} for compute; {workers}",
         f"{trained / 1e6:.2f} M parameters trained; peak lr {t.peak_lr:.3g} (base {cfg.optim.base_lr:g} × "
         f"{t.global_batch}/256); steps {step} → {t.stop_step} of {t.total_steps}; output {t.output}",
     ]
+    lines += t.method.warnings(on_real_images=t.loader.backend != "synthetic")
     if step:
         lines.append(f"resumed from {t.resumed.path} at step {step}")
         lines += [f"changed since the saved run: {change}" for change in t.resumed.changes]

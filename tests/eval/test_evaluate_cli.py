@@ -63,8 +63,10 @@ def test_a_timm_name_with_weights_and_the_linear_probe(tmp_path, digits_folders)
 @pytest.mark.parametrize("args, words", [
     (["knn", "missing.pt", "--train", ".", "--val", "."], "no such checkpoint"),
     (["knn", "vit_tiny_patch16_224", "--train", ".", "--val", "."], "--weights FILE"),
-    (["knn", "x.pt", "--train", "/nonexistent", "--val", "."], "--train '/nonexistent': not a folder"),
-    (["knn", "x.pt", "--train", ".", "--val", ".", "--k", "0"], "--k must be at least 1"),
+    (["knn", "vit_tiny_patch16_224", "--weights", "w.pth", "--train", "/nonexistent", "--val", "."],
+     "--train '/nonexistent': not a folder"),
+    (["knn", "vit_tiny_patch16_224", "--weights", "w.pth", "--train", ".", "--val", ".", "--k", "0"],
+     "--k must be at least 1"),
 ])
 def test_errors_are_one_line(args, words):
     result = subprocess.run([sys.executable, "-m", "fastmim.evaluate", *args], capture_output=True, text=True,
