@@ -6,6 +6,7 @@ A checkpoint is one `torch.save`d dict:
     method_name      the method that trained it (fastmim.methods.configs)
     method           the method's state dict: the student under `student.`, then heads, decoder, …
     optimizer        the optimizer's state dict
+    ema, best        optional: the EMA copy's state dict (train.ema_decay), the best evaluation so far
     step             optimizer steps done
     loaders, rng     per process, in rank order: the data loader's position and the RNG states (exact resume)
     world_size       the number of processes that wrote it
@@ -26,6 +27,7 @@ import torch
 from fastmim.config import Config, from_dict
 
 LAST = "last.pt"
+BEST = "best.pt"
 STUDENT = "student."
 PRETRAINING_ONLY = ("mask_token",)  # the dense student's token for masked patches: timm's ViT has none
 
@@ -35,12 +37,14 @@ class CheckpointError(ValueError):
 
 
 def training_state(*, method_name: str, method: dict, optimizer: dict, step: int, processes: list[dict],
-                   skipped_images: int, nonfinite_steps: int, config: dict) -> dict:
-    """The checkpoint of a training run; `processes`: every process's {'loader', 'rng'}, in rank order."""
+                   skipped_images: int, nonfinite_steps: int, config: dict, **optional) -> dict:
+    """The checkpoint of a training run; `processes`: every process's {'loader', 'rng'}, in rank order.
+    optional: `ema` (the EMA copy's state dict, with train.ema_decay), `best` ({'value', 'step'} of the metric
+    best.pt is kept by)."""
     return {"method_name": method_name, "method": method, "optimizer": optimizer, "step": step,
             "loaders": [p["loader"] for p in processes], "rng": [p["rng"] for p in processes],
             "world_size": len(processes), "skipped_images": skipped_images, "nonfinite_steps": nonfinite_steps,
-            "config": config}
+            "config": config, **optional}
 
 
 def process_state(checkpoint: dict, rank: int) -> dict:
@@ -87,6 +91,12 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
         for old in sorted(folder.glob("step_*.pt"))[:-keep]:
             old.unlink()
     return folder / LAST
+
+
+def save_best(state: dict, folder: Path) -> Path:
+    """best.pt: the checkpoint of the step whose evaluation is the best so far (fine-tuning's val_top1)."""
+    atomic_save(state, Path(folder) / BEST)
+    return Path(folder) / BEST
 
 
 def load_checkpoint(path: Path) -> dict:

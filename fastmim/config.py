@@ -48,6 +48,8 @@ class TrainConfig:
     checkpoint_minutes: float | None = None  # also checkpoint when this many minutes passed since the last one
     keep_checkpoints: int = 2         # step-numbered checkpoints kept besides last.pt
     max_nonfinite: int = 20           # abort after this many non-finite losses in a row
+    ema_decay: float | None = None    # keep an exponential moving average of the weights (timm's ModelEmaV3),
+                                      # validated alongside and saved in checkpoints; None: none
     tensorboard: bool = False
     overwrite: bool = False           # with resume=never: clear a folder that holds a run before starting
 

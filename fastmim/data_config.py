@@ -20,6 +20,7 @@ class ImageSpec:
     size: int = 224
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    classes: tuple = ()                 # the class names when the data is labelled (fine-tuning), else none
 
 
 @dataclass
@@ -43,6 +44,18 @@ class DataConfig:
     # DALI output on the GPU (DALI has no bfloat16; on the CPU always float32)
     dali_dtype: Literal["float32", "float16"] = "float32"
     dali_prefetch: int = 2              # DALI prefetch queue depth (batches in flight)
+    # Fine-tuning: labelled batches (an ImageFolder tree, or the built-in labelled synthetic set), MAE's training
+    # transform (timm's create_transform: RandAugment, random erasing) and a validation set.
+    labels: bool = False                # batches are (images, labels); --data is read as an ImageFolder tree
+    augmentation: Literal["pretrain", "finetune"] = "pretrain"
+    auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec (finetune augmentation)
+    reprob: float = 0.25                # random erasing probability (finetune augmentation)
+    remode: Literal["pixel", "const", "rand"] = "pixel"
+    recount: int = 1
+    val: str | None = None              # labelled validation images: an ImageFolder tree, or "synthetic"
+    val_batch_size: int = 256           # images per validation batch, per process
+    synthetic_classes: int = 10         # classes of the built-in labelled synthetic set (with labels)
+    synthetic_val_images: int = 256     # its validation images (data.val=synthetic)
 
     @property
     def image(self) -> ImageSpec:

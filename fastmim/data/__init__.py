@@ -61,6 +61,7 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1,
     backend = resolve_backend(cfg)
     loader = _build(dataclasses.replace(cfg, workers=usable_workers(cfg.workers)), backend, rank, world_size, device)
     loader.backend, loader.workers = backend, usable_workers(cfg.workers)
+    loader.classes = list(getattr(loader, "classes", []))
     return loader
 
 
@@ -70,17 +71,29 @@ def _build(cfg: DataConfig, backend: str, rank: int, world_size: int, device) ->
 
         check_exists(cfg.path)  # a wrong path is reported as such whichever backend would read it
     if backend == "dali":
+        if cfg.labels or cfg.augmentation != "pretrain":
+            raise ValueError("fine-tuning's labelled batches and its augmentation (timm's RandAugment and random "
+                             "erasing) are not built for DALI: use --data-backend torchvision")
         from .dali import DaliLoader
 
         return DaliLoader(cfg, rank, world_size, device)
     from .torchvision import TorchvisionLoader
 
+    return TorchvisionLoader(_source(cfg, backend), cfg, rank, world_size, device)
+
+
+def _source(cfg: DataConfig, backend: str):
+    """The images the torchvision loader reads: the synthetic set or files; labelled ones when data.labels."""
     if backend == "synthetic":
-        from .synthetic import SyntheticImages
+        from .synthetic import LabelledSyntheticImages, SyntheticImages
 
-        source = SyntheticImages(cfg.synthetic_images, cfg.seed, cfg.synthetic_size)
-    else:
-        from .folder import ImageFiles, find_images
+        if cfg.labels:
+            return LabelledSyntheticImages(cfg.synthetic_images, cfg.synthetic_classes, cfg.seed, cfg.synthetic_size)
+        return SyntheticImages(cfg.synthetic_images, cfg.seed, cfg.synthetic_size)
+    if cfg.labels:
+        from .labelled import LabelledFiles
 
-        source = ImageFiles(find_images(cfg.path))
-    return TorchvisionLoader(source, cfg, rank, world_size, device)
+        return LabelledFiles(cfg.path)
+    from .folder import ImageFiles, find_images
+
+    return ImageFiles(find_images(cfg.path))

@@ -11,6 +11,8 @@ The trainer only ever does:
     loader.skipped                   # images skipped so far because they could not be decoded
     loader.num_images                # images found (all ranks together)
     loader.backend, loader.workers   # the pipeline chosen (dali/torchvision/synthetic) and its workers/threads
+    loader.classes                   # class names of labelled data (data.labels), else []; batches are then
+                                     # (images, labels)
     len(loader)                      # steps (batches) per epoch for this rank
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ImageLoader(Protocol):
     num_images: int
     backend: str
     workers: int
+    classes: list
 
     def __len__(self) -> int: ...
 

@@ -65,10 +65,11 @@ def _frame(rng, x, y):
     return (x - cx) * c + (y - cy) * s, (y - cy) * c - (x - cx) * s
 
 
-def _shape_mask(rng, x, y) -> np.ndarray:
+def _shape_mask(rng, x, y, kind: int | None = None, sizes: tuple = (0.08, 0.6)) -> np.ndarray:
+    """A rectangle, an ellipse or a band (`kind` 0, 1, 2; drawn when None) of half-sizes in `sizes`."""
     u, v = _frame(rng, x, y)
-    a, b = rng.uniform(0.08, 0.6, 2)
-    kind = int(rng.integers(3))
+    a, b = rng.uniform(*sizes, 2)
+    kind = int(rng.integers(3)) if kind is None else kind
     if kind == 0:  # rectangle
         return (np.abs(u) < a) & (np.abs(v) < b)
     if kind == 1:  # ellipse
@@ -93,3 +94,39 @@ def _paint(rng, image, x, y, mask, kind: int) -> None:
     else:  # radial gradient
         t = np.clip(np.sqrt(u ** 2 + v ** 2) / 2.0, 0.0, 1.0)
     image[mask] = c0 + (c1 - c0) * t[:, None]
+
+
+class LabelledSyntheticImages(SyntheticImages):
+    """The built-in labelled set (fine-tuning's demo, no download): picture i belongs to class i mod `classes`;
+    its class is the kind of its one large object — the shape (rectangle, ellipse, band) and the fill (solid,
+    stripes, checkerboard, gradient) — over a gradient background with small solid distractors and grain."""
+
+    SHAPES, FILLS = 3, 4
+
+    def __init__(self, count: int, classes: int, seed: int = 0, size: int = 256):
+        if not 2 <= classes <= self.SHAPES * self.FILLS:
+            raise ValueError(f"data.synthetic_classes must be in 2..{self.SHAPES * self.FILLS}, got {classes}")
+        super().__init__(count, seed, size)
+        self.classes = [f"class_{c:02d}" for c in range(classes)]
+        self.labels = [i % classes for i in range(count)]
+
+    def load(self, index: int) -> Image.Image:
+        if not 0 <= index < self.count:
+            raise IndexError(f"synthetic image {index} out of range [0, {self.count})")
+        small = Image.fromarray(render_labelled(self.seed, index, max(1, self.size // 2), self.labels[index]))
+        return small.resize((self.size, self.size), Image.BILINEAR)
+
+
+def render_labelled(seed: int, index: int, size: int, label: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, index, 1])  # another stream than the unlabelled set's
+    axis = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    x, y = np.broadcast_arrays(axis[None, :], axis[:, None])
+    image = np.empty((size, size, 3), dtype=np.float32)
+    _paint(rng, image, x, y, np.ones((size, size), dtype=bool), kind=3)
+    for _ in range(int(rng.integers(1, 4))):  # distractors: small and solid
+        _paint(rng, image, x, y, _shape_mask(rng, x, y, sizes=(0.06, 0.16)), kind=0)
+    shape, fill = label % LabelledSyntheticImages.SHAPES, label // LabelledSyntheticImages.SHAPES
+    _paint(rng, image, x, y, _shape_mask(rng, x, y, kind=shape, sizes=(0.3, 0.6)), kind=fill)
+    oy, ox = rng.integers(0, _grain(size).shape[0] - size, 2)
+    image += _grain(size)[oy:oy + size, ox:ox + size]
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import augment
 from .base import DataConfig
+from .labelled import finetune_transform, seeded
 from .sampler import ShardedBatchSampler, sample_seed
 
 
@@ -22,11 +23,14 @@ class UnreadableImageWarning(UserWarning):
 
 
 class AugmentedImages(Dataset):
-    """Item (epoch, index): image `index` of the source with the augmentation seeded by (seed, epoch, index),
-    as (tensor, None), or (None, (file, reason)) when it cannot be decoded."""
+    """Item (epoch, index): image `index` of the source with the augmentation seeded by (seed, epoch, index) —
+    pretraining's (augment.py) or fine-tuning's (timm's, labelled.py) — as (tensor or (tensor, label), None), or
+    (None, (file, reason)) when it cannot be decoded."""
 
     def __init__(self, source, cfg: DataConfig):
         self.source, self.cfg = source, cfg
+        self.labelled = cfg.labels
+        self.finetune = finetune_transform(cfg) if cfg.augmentation == "finetune" else None
 
     def __len__(self) -> int:
         return len(self.source)
@@ -37,18 +41,28 @@ class AugmentedImages(Dataset):
             image = self.source.load(index)
         except Exception as error:  # any decoder failure (truncated, garbage, unsupported) skips the image
             return None, (self.source.describe(index), f"{type(error).__name__}: {error}")
+        tensor = self.transformed(image, sample_seed(self.cfg.seed, epoch, index))
+        return ((tensor, self.source.labels[index]) if self.labelled else tensor), None
+
+    def transformed(self, image, seed: int) -> torch.Tensor:
+        if self.finetune is not None:
+            return seeded(self.finetune, image, seed)
         g = torch.Generator()
-        g.manual_seed(sample_seed(self.cfg.seed, epoch, index))
+        g.manual_seed(seed)
         cfg = self.cfg
-        return augment(image, cfg.img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.mean, cfg.std, g,
-                       cfg.color_jitter), None
+        return augment(image, cfg.img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.mean, cfg.std, g, cfg.color_jitter)
 
 
 def collate(items):
-    """(images [b, 3, H, W] or None, [(file, reason) of the failed ones])."""
-    images = [image for image, _ in items if image is not None]
+    """(images [b, 3, H, W] — or (images, labels [b]) for labelled items — or None, [(file, reason) of the failed
+    ones])."""
+    kept = [item for item, _ in items if item is not None]
     failures = [failure for _, failure in items if failure is not None]
-    return (torch.stack(images) if images else None), failures
+    if not kept:
+        return None, failures
+    if isinstance(kept[0], tuple):
+        return (torch.stack([image for image, _ in kept]), torch.tensor([label for _, label in kept])), failures
+    return torch.stack(kept), failures
 
 
 class TorchvisionLoader:
@@ -60,6 +74,7 @@ class TorchvisionLoader:
             raise ValueError(f"data.workers must be >= 0, got {cfg.workers}")
         self.cfg = cfg
         self.num_images = len(source)
+        self.classes = list(getattr(source, "classes", [])) if cfg.labels else []
         self.batches = ShardedBatchSampler(len(source), cfg.batch_size, rank, world_size, cfg.seed)
         pin = bool(cfg.pin_memory) and torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.loader = DataLoader(

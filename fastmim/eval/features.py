@@ -10,11 +10,12 @@ POOLINGS = ("cls", "mean")
 POOLING_WORDS = {"cls": "the CLS token after the final norm", "mean": "the mean of the patch tokens"}
 
 
-def eval_transform(img_size: int, mean, std):
+def eval_transform(img_size: int, mean, std, crop: float = 0.875):
+    """Resize the short side to img_size / crop (bicubic), centre crop img_size, normalize."""
     from torchvision import transforms
 
     return transforms.Compose([
-        transforms.Resize(int(round(img_size / 0.875)), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.Resize(int(round(img_size / crop)), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(img_size), transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 

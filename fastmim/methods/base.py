@@ -64,6 +64,13 @@ class Method(nn.Module):
         object.__setattr__(self, "teachers", [])  # not submodules: see the module docstring
         self.student: nn.Module
 
+    # --- validation (fine-tuning) ----------------------------------------------------------------------------
+    supports_validation: ClassVar[bool] = False  # whether validation_sums is implemented (data.val)
+
+    def validation_sums(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sums over a batch of labelled images, in eval mode: {'loss', 'top1', 'top5', 'images'} (scalars)."""
+        raise NotImplementedError
+
     # --- the objective ------------------------------------------------------------------------------------
     def frozen_pass(self, images: torch.Tensor) -> Any:
         """The part of the step that trains nothing: the teachers' forward and the mask draw."""

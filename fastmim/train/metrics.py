@@ -3,9 +3,10 @@
 It owns the logging window — device-side sums of the loss, its named terms, the gradient norm and the skipped
 steps, the images and the time spent waiting for data — and at each logging step turns it into one record:
 **one** collective (an all-reduce of one tensor that also carries each process's skipped images and its stop
-and checkpoint votes), images/s, data wait, MFU, the k-NN evaluator's result where one is due, then
-metrics.jsonl, TensorBoard and the progress line, with one rule for values that are not finite (null). Between
-logging steps it does no host synchronization.
+and checkpoint votes), images/s, data wait, MFU, the results of the evaluators that are due (the k-NN monitor,
+fine-tuning's validation, …; their time is left out of images/s), then metrics.jsonl, TensorBoard and the
+progress line, with one rule for values that are not finite (null). Between logging steps it does no host
+synchronization. It also tracks the best value of the metric the run keeps `best.pt` by.
 
 The loop only does:
 
@@ -18,9 +19,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -90,9 +91,23 @@ class Votes:
 
 @dataclass
 class Decision:
-    """What every process does after a step: stop (naming the signal), and whether to save first."""
+    """What every process does after a step: stop (naming the signal), whether to save first, and whether the
+    step's evaluation is the best so far (save best.pt)."""
     stop: str | None
     checkpoint: bool
+    best: bool = False
+
+
+class Evaluator(Protocol):
+    """Something the loop evaluates now and then (the k-NN monitor, a validation set, pictures). Every process
+    calls it at the same steps; it returns the fields for that step's record (nothing on processes that only
+    wait for rank 0) and a line for the log."""
+
+    def due(self, step: int) -> bool: ...
+
+    def evaluate(self, step: int) -> dict: ...
+
+    def describe(self, step: int, result: dict) -> str | None: ...
 
 
 @dataclass
@@ -100,13 +115,28 @@ class LoggingPlan:
     """When the loop logs: every `log_every` steps, at every evaluation and at the last step."""
     log_every: int
     stop_step: int
-    eval_every: int | None = None   # the k-NN evaluator's period; None without one
+    evaluators: list = field(default_factory=list)
 
-    def evaluating(self, step: int) -> bool:
-        return self.eval_every is not None and (step % self.eval_every == 0 or step == self.stop_step)
+    def evaluating(self, step: int) -> list:
+        return [e for e in self.evaluators if e.due(step)]
 
     def logging(self, step: int) -> bool:
-        return step % self.log_every == 0 or step == self.stop_step or self.evaluating(step)
+        return step % self.log_every == 0 or step == self.stop_step or bool(self.evaluating(step))
+
+
+@dataclass
+class Best:
+    """The metric best.pt is kept by (higher is better) and its best value so far."""
+    key: str
+    value: float = float("-inf")
+    step: int = 0
+
+    def improved(self, record: dict) -> bool:
+        value = record.get(self.key)
+        if value is None or not math.isfinite(value) or value <= self.value:
+            return False
+        self.value, self.step = value, record["step"]
+        return True
 
 
 class Window:
@@ -132,11 +162,11 @@ class Window:
 class MetricsProcessor:
     def __init__(self, *, plan: LoggingPlan, world_size: int, device: torch.device, writer: MetricsWriter | None,
                  progress, flops_per_image: float, peak_flops: float | None, max_nonfinite: int,
-                 skipped_before: int, nonfinite_before: int, evaluator: Callable[[], dict] | None = None):
-        """writer and evaluator: rank 0's only (None elsewhere). skipped_before / nonfinite_before: the counts the
-        resumed checkpoint carried."""
+                 skipped_before: int, nonfinite_before: int, best: Best | None = None):
+        """writer: rank 0's only (None elsewhere). skipped_before / nonfinite_before: the counts the resumed
+        checkpoint carried. best: the metric best.pt is kept by, with the resumed run's best so far."""
         self.plan, self.world_size, self.device = plan, world_size, device
-        self.writer, self.progress, self.evaluator = writer, progress, evaluator
+        self.writer, self.progress, self.best = writer, progress, best
         self.flops_per_image, self.peak_flops, self.max_nonfinite = flops_per_image, peak_flops, max_nonfinite
         self.skipped_before, self.nonfinite_before = skipped_before, nonfinite_before
         self.window = Window()
@@ -173,7 +203,7 @@ class MetricsProcessor:
 
     # --- a logging step ------------------------------------------------------------------------------------
     def log(self, step: int, epoch: int, lr: float, skipped: int, votes: Votes) -> Decision:
-        evaluation = self._evaluate(step) if self.plan.evaluating(step) else {}
+        evaluation, evaluation_seconds = self._evaluate(step)
         ops.check_device_errors(self.device)  # the kernels' record of out-of-range indices (GPU)
         window, names = self.window, self.window.term_names
         host = torch.tensor([float(skipped), float(window.images), float(votes.stop is not None),
@@ -190,7 +220,7 @@ class MetricsProcessor:
                 f"the loss was not finite for {int(in_a_row)} steps in a row (limit train.max_nonfinite="
                 f"{self.max_nonfinite}) at step {step}; lower the learning rate, enable optim.clip_grad, or check "
                 "the data")
-        elapsed = time.perf_counter() - window.start - evaluation.get("knn_seconds", 0.0)
+        elapsed = time.perf_counter() - window.start - evaluation_seconds
         per_step = lambda total: total / finite if finite else float("nan")  # noqa: E731
         self.final_loss = per_step(loss_sum)
         self.logged_images += int(images_all)
@@ -210,18 +240,19 @@ class MetricsProcessor:
         self.progress.update(record)
         self.window = Window()
         stop = (votes.stop or "SIGTERM") if stop_votes else None
-        return Decision(stop, bool(checkpoint_votes))
+        return Decision(stop, bool(checkpoint_votes), self.best is not None and self.best.improved(record))
 
-    def _evaluate(self, step: int) -> dict:
-        """Rank 0's evaluation now (the other processes wait in the collective); its time is left out of the
-        window's images/s."""
-        if self.evaluator is None:
-            return {}
-        result = self.evaluator()
-        self.progress.log(f"k-NN at step {step}: top-1 {result['knn_top1']:.2f} %, top-5 {result['knn_top5']:.2f} % "
-                          f"({result['knn_seconds']:.1f} s)")
-        self.last_evaluation = {key: result[key] for key in ("knn_top1", "knn_top5")}
-        return result
+    def _evaluate(self, step: int) -> tuple[dict, float]:
+        """The due evaluators' fields and the seconds they took (left out of the window's images/s)."""
+        fields, start = {}, time.perf_counter()
+        for evaluator in self.plan.evaluating(step):
+            result = evaluator.evaluate(step)
+            line = evaluator.describe(step, result) if result else None
+            if line:
+                self.progress.log(line)
+            fields.update(result)
+        self.last_evaluation.update({k: v for k, v in fields.items() if not k.endswith("_seconds")})
+        return fields, time.perf_counter() - start
 
     # --- the run's totals ------------------------------------------------------------------------------------
     def nonfinite_count(self) -> int:

@@ -81,3 +81,22 @@ class KnnMonitor:
         top1, top5 = knn_accuracy(bank_features, bank_labels, query_features, query_labels, self.cfg.k,
                                   self.cfg.temperature)
         return {"knn_top1": top1, "knn_top5": top5, "knn_seconds": time.perf_counter() - start}
+
+
+class MonitorEvaluator:
+    """The monitor as the training loop's evaluator (metrics.Evaluator): due every eval.every steps and at the
+    last; rank 0 evaluates `model()`, the other processes wait for it at the logging step's collective."""
+
+    def __init__(self, monitor: KnnMonitor | None, every: int, stop_step: int, model, device, autocast):
+        self.monitor, self.every, self.stop_step = monitor, every, stop_step
+        self.model, self.device, self.autocast = model, device, autocast
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.stop_step
+
+    def evaluate(self, step: int) -> dict:
+        return {} if self.monitor is None else self.monitor.evaluate(self.model(), self.device, self.autocast)
+
+    def describe(self, step: int, result: dict) -> str:
+        return (f"k-NN at step {step}: top-1 {result['knn_top1']:.2f} %, top-5 {result['knn_top5']:.2f} % "
+                f"({result['knn_seconds']:.1f} s)")

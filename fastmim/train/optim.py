@@ -27,5 +27,6 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, betas) -> to
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's lr on every group, times the group's `lr_scale` where it has one (layer-wise decay)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

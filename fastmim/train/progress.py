@@ -10,9 +10,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 def describe(m: dict) -> str:
     line = (f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['images_per_sec']:.1f} img/s  "
             f"data wait {100 * m['data_wait']:.0f}%")
-    if "knn_top1" in m:  # an evaluation step of the k-NN monitor
-        line += f"  k-NN top-1 {m['knn_top1']:.1f}%"
+    for key in sorted(k for k in m if k.endswith("_top1") and m[k] is not None):  # an evaluation step
+        line += f"  {EVALUATION_NAMES.get(key, key)} {m[key]:.1f}%"
     return line
+
+
+EVALUATION_NAMES = {"knn_top1": "k-NN top-1", "val_top1": "val top-1", "val_ema_top1": "EMA val top-1"}
 
 
 class ProgressReporter:

@@ -16,7 +16,8 @@ def write_summary(folder: Path, summary: dict) -> None:
 
 
 def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
-    """loss_curve.png: the loss per logged step, and beside it the k-NN monitor's top-1 where the run had one."""
+    """loss_curve.png: the loss per logged step, and beside it the evaluations' top-1 and top-5 (the k-NN
+    monitor's, the validation set's) where the run had them."""
     if not metrics:
         return None
     import matplotlib
@@ -24,20 +25,21 @@ def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    evaluated = [m for m in metrics if m.get("knn_top1") is not None]
-    fig, axes = plt.subplots(1, 2 if evaluated else 1, figsize=(11 if evaluated else 6, 4), dpi=100, squeeze=False)
+    scores = sorted({k for m in metrics for k in m if k.endswith(("_top1", "_top5"))})
+    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(11 if scores else 6, 4), dpi=100, squeeze=False)
     loss_axis = axes[0, 0]
     loss_axis.plot([m["step"] for m in metrics], [float("nan") if m["loss"] is None else m["loss"] for m in metrics])
-    loss_axis.set(xlabel="step", ylabel="loss", title="pretraining loss")
+    loss_axis.set(xlabel="step", ylabel="loss", title="training loss")
     loss_axis.grid(alpha=0.3)
-    if evaluated:
-        knn_axis = axes[0, 1]
-        steps = [m["step"] for m in evaluated]
-        knn_axis.plot(steps, [m["knn_top1"] for m in evaluated], marker="o", label="top-1")
-        knn_axis.plot(steps, [m["knn_top5"] for m in evaluated], marker=".", label="top-5")
-        knn_axis.set(xlabel="step", ylabel="accuracy (%)", title="k-NN monitor")
-        knn_axis.grid(alpha=0.3)
-        knn_axis.legend()
+    if scores:
+        axis = axes[0, 1]
+        for key in scores:
+            evaluated = [m for m in metrics if m.get(key) is not None]
+            axis.plot([m["step"] for m in evaluated], [m[key] for m in evaluated], marker="o" if key.endswith("1")
+                      else ".", label=key.replace("_", " "))
+        axis.set(xlabel="step", ylabel="accuracy (%)", title="evaluation")
+        axis.grid(alpha=0.3)
+        axis.legend()
     path = Path(folder) / "loss_curve.png"
     fig.tight_layout()
     fig.savefig(path)
@@ -46,7 +48,7 @@ def plot_loss_curve(folder: Path, metrics: list[dict]) -> Path | None:
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
-    table = Table(title="fastmim pretraining summary")
+    table = Table(title="fastmim run summary")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in summary.items():

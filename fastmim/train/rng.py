@@ -20,3 +20,10 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     np.random.set_state(state["numpy"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_all(seed: int) -> None:
+    """torch's, NumPy's and Python's global generators (timm's Mixup draws from NumPy's)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)

@@ -22,6 +22,17 @@ class StepResult:
     found_inf: torch.Tensor           # 1.0 when the update was skipped (non-finite loss or gradient)
 
 
+def to_device(batch, device):
+    """A batch — the images, or a tuple of tensors (images, labels, …) — on `device`, copied asynchronously."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(part.to(device, non_blocking=True) for part in batch)
+    return batch.to(device, non_blocking=True)
+
+
+def batch_size(batch) -> int:
+    return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
+
+
 def supports_found_inf(optimizer) -> bool:
     return getattr(optimizer, "_step_supports_amp_scaling", False)
 

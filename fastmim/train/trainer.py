@@ -4,6 +4,7 @@ the registry from the config's method section): never a method's class or name."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import time
 import warnings
@@ -11,30 +12,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from fastmim import ops
-from fastmim.checkpoint import load_checkpoint, process_state, resolve_resume, save_checkpoint, training_state
+from fastmim.checkpoint import (load_checkpoint, process_state, resolve_resume, save_best, save_checkpoint,
+                                training_state)
 from fastmim.config import Config, from_dict, monitor_pooling, to_dict, to_yaml
 from fastmim.data import build_loader
+from fastmim.data.labelled import validation_loader
 from fastmim.methods.base import Method
 from fastmim.methods.registry import build_method
 from fastmim.ops import _extension, selfcheck
 
 from . import distributed as dist_utils
-from .metrics import LoggingPlan, MetricsProcessor, MetricsWriter, NonFiniteLossError, Votes, read_metrics
-from .monitor import KnnMonitor, check_folders
+from .metrics import Best, LoggingPlan, MetricsProcessor, MetricsWriter, NonFiniteLossError, Votes, read_metrics
+from .monitor import KnnMonitor, MonitorEvaluator, check_folders
 from .optim import build_optimizer, set_lr
 from .peak import peak_flops
 from .precision import autocast_for, resolve_precision
 from .progress import ProgressReporter
 from .report import plot_loss_curve, print_summary, write_summary
 from .resume_check import compare
-from .rng import get_rng_state, set_rng_state
+from .rng import get_rng_state, seed_all, set_rng_state
 from .run_folder import check_output, clear_run, holds_run
 from .schedule import learning_rate, peak_lr
 from .signals import Interrupted, StopSignals
-from .step import train_step
+from .step import batch_size, to_device, train_step
+from .validation import Validation
 
 __all__ = ["Interrupted", "NonFiniteLossError", "Trainer"]
 
@@ -81,6 +86,7 @@ class Trainer:
         self.monitor = self._build_monitor(cfg)
         self.method = self._build_method()
         self.model = self._wrap(self.method)
+        self.ema = ModelEmaV3(self.method, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
         self.accum = cfg.optim.accum_steps
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch == 0:
@@ -94,6 +100,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim.optimizer, self.method.param_groups(cfg.optim.weight_decay),
                                          self.peak_lr, cfg.optim.betas)
         self.autocast = autocast_for(self.device, self.precision)
+        self.evaluators = self._evaluators()
         # Resolved and loaded here, before any work, so a bad --resume is reported like any other bad input.
         path = resolve_resume(cfg.train.resume, self.output / "checkpoints")
         self.resumed = self.restore(path) if path else None
@@ -120,11 +127,28 @@ class Trainer:
         return KnnMonitor(cfg.eval, cfg.data.image, self.dist.rank, self.dist.world_size, monitor_pooling(cfg))
 
     def _build_method(self) -> Method:
-        torch.manual_seed(self.cfg.train.seed)  # identical teachers and initial student on every rank
-        method = build_method(self.cfg.method, self.cfg.data.image)
+        seed_all(self.cfg.train.seed)  # identical teachers and initial student on every rank
+        image = dataclasses.replace(self.cfg.data.image, classes=tuple(self.loader.classes))
+        method = build_method(self.cfg.method, image)
         method.prepare(self.device, self.precision, self.cfg.train.compile)
-        torch.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank)  # masks and drop path differ per rank
+        seed_all(self.cfg.train.seed + 1000 * self.dist.rank)  # masks, mixup and drop path differ per rank
         return method
+
+    def _evaluators(self) -> list:
+        """What the loop evaluates now and then (metrics.Evaluator): the k-NN monitor, the validation set."""
+        cfg, evaluators = self.cfg, []
+        if cfg.eval.train is not None:
+            evaluators.append(MonitorEvaluator(self.monitor, cfg.eval.every, self.stop_step,
+                                               lambda: self.method.student, self.device, self.autocast))
+        if cfg.data.val is not None:
+            if not self.method.supports_validation:
+                raise ValueError(f"data.val: {self.method.name} has nothing to validate (a validation set is for "
+                                 "fine-tuning: python -m fastmim.finetune)")
+            loader, images = validation_loader(cfg.data, self.loader.classes, self.dist.rank, self.dist.world_size,
+                                               cfg.data.val_batch_size)
+            evaluators.append(Validation(loader, images, self.method, self.ema, self.steps_per_epoch,
+                                         self.stop_step, self.device, self.autocast))
+        return evaluators
 
     def _wrap(self, method):
         if self.dist.world_size == 1:
@@ -143,6 +167,8 @@ class Trainer:
         changes = self._check_same_run(path, state)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
         if state["world_size"] != self.dist.world_size:
             raise ValueError(f"checkpoint {str(path)!r} was written by {state['world_size']} processes; resuming "
                              f"with {self.dist.world_size} would change the data order (use the same count)")
@@ -180,15 +206,23 @@ class Trainer:
                              "--resume never --set train.overwrite=true")
         return accepted
 
-    def _save(self, step: int, metrics: MetricsProcessor) -> None:
+    def _save(self, step: int, metrics: MetricsProcessor, last: bool = True, best: bool = False) -> None:
+        """last.pt (and step_N.pt), and/or best.pt when the step's evaluation is the best so far."""
         processes = dist_utils.gather_objects({"loader": self.loader.state_dict(), "rng": get_rng_state(self.device),
                                                "skipped": self.loader.skipped})
         totals = metrics.totals(sum(p.pop("skipped") for p in processes))
+        extra = {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+        if metrics.best is not None:
+            extra["best"] = {"value": metrics.best.value, "step": metrics.best.step}
         state = training_state(method_name=self.method.name, method=self.method.state_dict(),
                                optimizer=self.optimizer.state_dict(), step=step, processes=processes,
-                               config=to_dict(self.cfg), **totals)
+                               config=to_dict(self.cfg), **totals, **extra)
         if self.dist.is_main:
-            save_checkpoint(state, self.output / "checkpoints", step, self.cfg.train.keep_checkpoints)
+            folder = self.output / "checkpoints"
+            if last:
+                save_checkpoint(state, folder, step, self.cfg.train.keep_checkpoints)
+            if best:
+                save_best(state, folder)
         dist_utils.barrier()
 
     # --- the run ------------------------------------------------------------------------------------------
@@ -251,17 +285,17 @@ class Trainer:
 
     def _metrics(self, step: int, state: dict | None, progress: ProgressReporter) -> MetricsProcessor:
         cfg, main = self.cfg, self.dist.is_main
-        evaluator = None
         if self.monitor is not None:
             progress.log(self.monitor.describe())
-            evaluator = lambda: self.monitor.evaluate(self.method.student, self.device, self.autocast)  # noqa: E731
-        plan = LoggingPlan(cfg.train.log_every, self.stop_step, cfg.eval.every if cfg.eval.train else None)
+        plan = LoggingPlan(cfg.train.log_every, self.stop_step, self.evaluators)
+        keys = [e.best_key for e in self.evaluators if getattr(e, "best_key", None)]
+        best = Best(keys[0], **(state.get("best") or {})) if keys and state else Best(keys[0]) if keys else None
         return MetricsProcessor(
             plan=plan, world_size=self.dist.world_size, device=self.device,
             writer=MetricsWriter(self.output, step, cfg.train.tensorboard) if main else None, progress=progress,
             flops_per_image=self.method.flops_per_image(), peak_flops=peak_flops(self.device, self.precision),
             max_nonfinite=cfg.train.max_nonfinite, skipped_before=state["skipped_images"] if state else 0,
-            nonfinite_before=state["nonfinite_steps"] if state else 0, evaluator=evaluator)
+            nonfinite_before=state["nonfinite_steps"] if state else 0, best=best)
 
     def _epoch_batches(self, epoch: int, step: int, state: dict | None):
         """The batches left in `epoch`, continuing the saved position and RNG when resuming. RNG states are put
@@ -280,10 +314,11 @@ class Trainer:
         return iterator
 
     def _micro_batches(self, batches):
-        """The epoch's batches in groups of optim.accum_steps, on the device (an incomplete last group is left)."""
+        """The epoch's batches in groups of optim.accum_steps, on the device (an incomplete last group is left).
+        A batch is the images, or a tuple (images, labels, …) of tensors."""
         group = []
-        for images in batches:
-            group.append(images.to(self.device, non_blocking=True))
+        for batch in batches:
+            group.append(to_device(batch, self.device))
             if len(group) == self.accum:
                 yield group
                 group = []
@@ -302,12 +337,16 @@ class Trainer:
                 lr = learning_rate(step, self.peak_lr, self.cfg.optim.min_lr, self.warmup_steps, self.total_steps)
                 set_lr(self.optimizer, lr)
                 result = train_step(self.model, self.optimizer, micro, self.autocast, self.cfg.optim.clip_grad)
+                if self.ema is not None:
+                    self.ema.update(self.method, step)
                 step += 1
                 due = cfg.checkpoint_minutes is not None and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
-                decision = metrics.after_step(step, epoch, lr, result, sum(m.shape[0] for m in micro),
+                decision = metrics.after_step(step, epoch, lr, result, sum(batch_size(m) for m in micro),
                                               self.loader.skipped, Votes(signals.received, due))
-                if decision.stop or decision.checkpoint or step % cfg.checkpoint_every == 0 or step == self.stop_step:
-                    self._save(step, metrics)
+                regular = step % cfg.checkpoint_every == 0 or step == self.stop_step
+                if decision.stop or decision.checkpoint or regular or decision.best:
+                    self._save(step, metrics, last=decision.stop or decision.checkpoint or regular,
+                               best=decision.best)
                     last_save = time.monotonic()
                 if decision.stop:
                     return step, decision.stop

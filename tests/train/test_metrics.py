@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fastmim.train.metrics import (LoggingPlan, MetricsProcessor, MetricsWriter, NonFiniteLossError, Votes,
+from fastmim.train.metrics import (Best, LoggingPlan, MetricsProcessor, MetricsWriter, NonFiniteLossError, Votes,
                                    read_metrics)
 from fastmim.train.step import StepResult
 
@@ -27,13 +27,29 @@ def step(loss: float, norm: float) -> StepResult:
     return StepResult(torch.tensor(loss), {"a": torch.tensor(loss / 2)}, torch.tensor(norm), found_inf)
 
 
-def processor(tmp_path, log_every=3, stop_step=100, max_nonfinite=3, evaluator=None, eval_every=None):
+def processor(tmp_path, log_every=3, stop_step=100, max_nonfinite=3, evaluators=(), best=None):
     progress = Progress()
     metrics = MetricsProcessor(
-        plan=LoggingPlan(log_every, stop_step, eval_every), world_size=1, device=torch.device("cpu"),
+        plan=LoggingPlan(log_every, stop_step, list(evaluators)), world_size=1, device=torch.device("cpu"),
         writer=MetricsWriter(tmp_path, 0, tensorboard=False), progress=progress, flops_per_image=1e9,
-        peak_flops=1e15, max_nonfinite=max_nonfinite, skipped_before=2, nonfinite_before=1, evaluator=evaluator)
+        peak_flops=1e15, max_nonfinite=max_nonfinite, skipped_before=2, nonfinite_before=1, best=best)
     return metrics, progress
+
+
+class Every:
+    """An evaluator due every `every` steps returning fixed fields."""
+
+    def __init__(self, every: int, fields: dict):
+        self.every, self.fields = every, fields
+
+    def due(self, step):
+        return step % self.every == 0
+
+    def evaluate(self, step):
+        return {**self.fields, "step_evaluated": step}
+
+    def describe(self, step, result):
+        return f"evaluated at step {step}"
 
 
 def test_a_window_gives_the_means_of_its_finite_steps(tmp_path):
@@ -70,9 +86,22 @@ def test_one_process_acts_on_its_own_votes_at_every_step(tmp_path):
 
 def test_evaluation_steps_are_logging_steps_and_their_time_is_not_training_time(tmp_path):
     result = {"knn_top1": 50.0, "knn_top5": 90.0, "knn_seconds": 0.0}
-    metrics, progress = processor(tmp_path, log_every=100, stop_step=5, evaluator=lambda: result, eval_every=2)
+    metrics, progress = processor(tmp_path, log_every=100, stop_step=5, evaluators=[Every(2, result)])
     for i in range(1, 6):
         metrics.after_step(i, 0, 0.1, step(1.0, 1.0), 8, 0, Votes())
     assert [r["step"] for r in progress.records] == [2, 4, 5]
-    assert all(r["knn_top1"] == 50.0 for r in progress.records) and "k-NN at step 4" in progress.lines[1]
-    assert metrics.summary(5, 10, 0)["knn_top1"] == 50.0
+    assert [r.get("step_evaluated") for r in progress.records] == [2, 4, None]
+    assert progress.lines == ["evaluated at step 2", "evaluated at step 4"]
+    assert metrics.summary(5, 10, 0)["knn_top1"] == 50.0 and "knn_seconds" not in metrics.summary(5, 10, 0)
+
+
+def test_the_best_evaluation_is_flagged_once_per_improvement(tmp_path):
+    scores = iter([60.0, 55.0, 70.0])
+
+    class Scores(Every):
+        def evaluate(self, step):
+            return {"val_top1": next(scores)}
+
+    metrics, _ = processor(tmp_path, log_every=100, evaluators=[Scores(1, {})], best=Best("val_top1"))
+    flags = [metrics.after_step(i, 0, 0.1, step(1.0, 1.0), 8, 0, Votes()).best for i in (1, 2, 3)]
+    assert flags == [True, False, True] and metrics.best.value == 70.0 and metrics.best.step == 3

@@ -92,7 +92,7 @@ def test_the_figures_reach_tensorboard_like_every_metric(tmp_path, monkeypatch):
     (["--eval-train", "."], "needs both eval.train and eval.val: eval.train is set, eval.val is not"),
     (["--eval-train", ".", "--eval-val", "/nonexistent"], "eval.val '/nonexistent' is not a folder"),
     (["--eval-train", ".", "--eval-val", ".", "--set", "eval.every=0"], "eval.every must be at least 1"),
-    (["--set", "eval.pooling=max"], "eval.pooling must be one of cls, mean"),
+    (["--set", "eval.pooling=max"], "eval.pooling must be one of auto, cls, mean"),
 ])
 def test_bad_evaluation_settings_are_one_line_errors(tmp_path, args, words):
     result = subprocess.run([sys.executable, "-m", "fastmim.pretrain", "--output", str(tmp_path / "run"), *args],
