@@ -1,14 +1,70 @@
-"""Shared benchmark helpers: environment record, stage timers, matmul peak, peak memory, the result table."""
+"""Shared benchmark helpers: the command line (parser, checked numbers and device, one `error:` line instead of a
+traceback), environment record, stage timers, matmul peak, peak memory, the result table."""
 from __future__ import annotations
 
+import argparse
 import platform
+import sys
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 from fastmim.train.peak import measure_peak_flops  # noqa: F401  (the benchmarks import it from here)
+
+
+class UsageError(ValueError):
+    """A bad argument or file: reported as one `error:` line, exit code 2."""
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its docstring as the description, whole flag names only (no prefixes)."""
+    return argparse.ArgumentParser(prog=f"python benchmarks/{Path(sys.argv[0]).name}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+
+
+def whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+    return value
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    return whole_number(text, 1)
+
+
+def non_negative(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    return whole_number(text, 0)
+
+
+def chosen_device(choice: str) -> torch.device:
+    """`auto` (CUDA when there is a GPU), `cpu` or `cuda`; `cuda` without a GPU is a UsageError."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible here")
+    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def entry_point(main) -> None:
+    """Run a benchmark's `main()` and exit with its code; a UsageError, a missing file or Ctrl-C is one `error:`
+    line (exit 2, or 130 for Ctrl-C) instead of a traceback."""
+    prog = f"python benchmarks/{Path(sys.argv[0]).name}"
+    try:
+        code = main()
+    except (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def environment(device: torch.device) -> dict:

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_utils import environment  # noqa: E402
+from bench_utils import UsageError, argument_parser, entry_point, environment, non_negative, positive  # noqa: E402
 
 from fastmim.data import dali_available  # noqa: E402
 from fastmim.data.base import DataConfig  # noqa: E402
@@ -39,16 +39,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--data", type=Path, help="an existing image folder or list file (default: generate one)")
-    p.add_argument("--images", type=int, default=512, help="JPEGs to generate (default 512)")
-    p.add_argument("--width", type=int, default=500)
-    p.add_argument("--height", type=int, default=375)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="torchvision DataLoader worker processes")
-    p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
-    p.add_argument("--rounds", type=int, default=5, help="timed epochs per backend (medians reported)")
+    p.add_argument("--images", type=positive, default=512, help="JPEGs to generate (default 512)")
+    p.add_argument("--width", type=positive, default=500)
+    p.add_argument("--height", type=positive, default=375)
+    p.add_argument("--img-size", type=positive, default=224)
+    p.add_argument("--batch-size", type=positive, default=64)
+    p.add_argument("--workers", type=non_negative, default=2, help="torchvision DataLoader worker processes")
+    p.add_argument("--threads", type=positive, default=2, help="DALI CPU threads")
+    p.add_argument("--hw-decoder-load", type=float, default=DataConfig.dali_hw_decoder_load,
+                   help="share of the JPEGs DALI's `mixed` decoder sends to the GPU's hardware JPEG decoder (A100, "
+                   f"H100), 0 for none (default {DataConfig.dali_hw_decoder_load}, the trainer's)")
+    p.add_argument("--rounds", type=positive, default=5, help="timed epochs per backend (medians reported)")
     p.add_argument("--backends", default="dali-cpu,dali-gpu,torchvision,synthetic",
                    help="comma-separated subset of dali-cpu, dali-gpu, torchvision, synthetic")
     p.add_argument("--out-dir", type=Path, help="write dataloader_<device>.csv/.json into this folder (default: "
@@ -81,7 +84,7 @@ def build_loaders(args, data: Path, device: torch.device) -> dict:
     if dali_available() and ({"dali-cpu", "dali-gpu"} & set(names)):
         from fastmim.data.dali import DaliLoader
 
-        dali_cfg = DataConfig(**{**cfg.__dict__, "workers": args.threads})
+        dali_cfg = DataConfig(**{**cfg.__dict__, "workers": args.threads, "dali_hw_decoder_load": args.hw_decoder_load})
         if "dali-cpu" in names:
             loaders["dali-cpu"] = DaliLoader(dali_cfg, device=torch.device("cpu"))
         if "dali-gpu" in names and device.type == "cuda":
@@ -144,8 +147,20 @@ def versions() -> dict:
     return out
 
 
+BACKENDS = ("dali-cpu", "dali-gpu", "torchvision", "synthetic")
+
+
+def check_args(args) -> None:
+    unknown = [n.strip() for n in args.backends.split(",") if n.strip() and n.strip() not in BACKENDS]
+    if unknown:
+        raise UsageError(f"--backends: unknown {', '.join(unknown)} (choose from {', '.join(BACKENDS)})")
+    if args.data is not None and not args.data.is_dir():
+        raise UsageError(f"--data {str(args.data)!r}: no such folder")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="fastmim_bench_") as tmp:
         data = args.data
@@ -195,4 +210,4 @@ def print_rows(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import device_name, read_status_kb  # noqa: E402
+from bench_utils import (  # noqa: E402
+    UsageError, chosen_device, argument_parser, device_name, entry_point, non_negative, positive, read_status_kb,
+)
 
 from fastmim import ops  # noqa: E402
 from fastmim.ops import reference  # noqa: E402
@@ -45,19 +47,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--ops", nargs="+", default=list(BASELINES), choices=list(BASELINES))
-    p.add_argument("--batch", type=int, default=16, help="B")
-    p.add_argument("--patches", type=int, default=196, help="N (a square grid)")
-    p.add_argument("--kept", type=int, default=58, help="K")
-    p.add_argument("--dim", type=int, default=768, help="D (student and teacher width)")
-    p.add_argument("--levels", type=int, default=5, help="L, supervised levels")
-    p.add_argument("--student-levels", type=int, default=12, help="S, student levels mixed by DA")
-    p.add_argument("--patch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians reported)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=positive, default=16, help="B")
+    p.add_argument("--patches", type=positive, default=196, help="N (a square grid)")
+    p.add_argument("--kept", type=positive, default=58, help="K")
+    p.add_argument("--dim", type=positive, default=768, help="D (student and teacher width)")
+    p.add_argument("--levels", type=positive, default=5, help="L, supervised levels")
+    p.add_argument("--student-levels", type=positive, default=12, help="S, student levels mixed by DA")
+    p.add_argument("--patch-size", type=positive, default=16)
+    p.add_argument("--repeats", type=positive, default=15, help="timed rounds (medians reported)")
+    p.add_argument("--warmup", type=non_negative, default=3)
     p.add_argument("--out", type=Path, help="write the CSV here (default: print only; the committed files in "
                    "benchmarks/results are never overwritten unless named)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
@@ -244,11 +246,10 @@ def environment(device: torch.device) -> dict:
 
 
 def run(args) -> list[dict]:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = chosen_device(args.device)
     dtype = getattr(torch, args.dtype)
     if ops.fused_ops() is None:
-        raise SystemExit("fastmim._C is not built: nothing to compare (pip install -e . --no-build-isolation)")
+        raise UsageError("fastmim._C is not built: nothing to compare (pip install -e . --no-build-isolation)")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     env = environment(device)
     shapes = (f"B={args.batch} N={args.patches} K={args.kept} D={args.dim} L={args.levels} "
@@ -320,4 +321,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point(main)

@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
-from bench_utils import environment  # noqa: E402
+from bench_utils import argument_parser, chosen_device, entry_point, environment, non_negative, positive  # noqa: E402
 
 from fastmim.methods.masks import attention_mask, block_mask, num_masked, random_mask  # noqa: E402
 from fastmim.ops import reference  # noqa: E402
@@ -34,14 +34,14 @@ RESULTS = ROOT / "results"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=1024, help="masks per batch")
-    p.add_argument("--grid", type=int, default=14, help="patches per side (14: 224 px at patch 16)")
+    p.add_argument("--batch", type=positive, default=1024, help="masks per batch")
+    p.add_argument("--grid", type=positive, default=14, help="patches per side (14: 224 px at patch 16)")
     p.add_argument("--block-ratio", type=float, default=0.4, help="block masks' ratio (MaskDistill: 0.4)")
     p.add_argument("--ratio", type=float, default=0.75, help="random and attention masks' ratio")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds (medians reported)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=positive, default=7, help="timed rounds (medians reported)")
+    p.add_argument("--warmup", type=non_negative, default=1)
     p.add_argument("--out", type=Path, help="JSON path (default: print only)")
     return p.parse_args(argv)
 
@@ -87,9 +87,7 @@ def measure(args, device: torch.device) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda: no GPU is visible")
+    device = chosen_device(args.device)
     timings = measure(args, device)
     result = {**environment(device), "config": {k: (str(v) if isinstance(v, Path) else v)
                                                 for k, v in vars(args).items()}, "timings": timings}
@@ -104,4 +102,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -25,7 +25,8 @@ COMMANDS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python benchmarks/startup.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--repeats", type=int, default=5, help="fresh processes per command (the median is reported)")
     p.add_argument("--out", type=Path, help="write the JSON result here (default: print only)")
     return p.parse_args(argv)

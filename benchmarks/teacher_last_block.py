@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import environment  # noqa: E402
+from bench_utils import argument_parser, chosen_device, entry_point, environment, positive  # noqa: E402
 
 from fastmim import ops  # noqa: E402
 from fastmim.methods.masks import draw_mask  # noqa: E402
@@ -24,21 +24,21 @@ from fastmim.models.teacher import Teacher  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--teacher", default="clip_b16", help="teacher (random weights)")
     p.add_argument("--levels", default="8,9,10,11,12", help="supervised levels (default: top5 of 12)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive, default=16)
     p.add_argument("--mask-ratio", type=float, default=0.7)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the teacher's weights and input")
-    p.add_argument("--rounds", type=int, default=7, help="timed rounds per variant (medians reported)")
+    p.add_argument("--rounds", type=positive, default=7, help="timed rounds per variant (medians reported)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = chosen_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     teacher = Teacher(args.teacher, student_grid=14, weights="random").to(device)
@@ -78,4 +78,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -37,7 +37,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import Timer, environment, measure_peak_flops, memory_meter, print_table  # noqa: E402
+from bench_utils import (  # noqa: E402
+    chosen_device, Timer, argument_parser, entry_point, environment, measure_peak_flops, memory_meter, non_negative, positive, print_table,
+)
 
 from fastmim import ops  # noqa: E402
 from fastmim.data import build_loader  # noqa: E402
@@ -59,24 +61,26 @@ REFERENCES = {"maskalign": MaskAlignReference, "mae": MAEReference, "mrmae": MAE
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--method", default="maskalign", choices=list(REFERENCES),
                    help="the objective (default maskalign); MAE has no teacher")
     p.add_argument("--model", default="base", choices=["tiny", "small", "base", "large"], help="student size")
     p.add_argument("--teacher-size", default="base", choices=list(TEACHERS),
                    help="teacher with random weights: base = CLIP ViT-B/16 (default), large = CLIP ViT-L/14 at 196 px")
-    p.add_argument("--batch-size", type=int, help="images per step (default 128 on CUDA, 16 on the CPU)")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=positive, help="images per step (default 128 on CUDA, 16 on the CPU)")
+    p.add_argument("--img-size", type=positive, default=224)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="bf16 autocast or fp32; auto (default): bf16 on CUDA and on CPUs with native bf16 matrix "
                    "products (AVX-512 BF16 / AMX), fp32 on other CPUs, where bf16 is emulated")
-    p.add_argument("--steps", type=int, default=8, help="timed steps per path (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
+    p.add_argument("--steps", type=positive, default=8, help="timed steps per path (the median is reported)")
+    p.add_argument("--warmup", type=non_negative, default=2, help="untimed steps per path first")
     p.add_argument("--kernels", default="auto", choices=["auto", "fused", "reference"],
                    help="fastmim.ops implementation used by the fastmim path")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the fastmim path's student and teacher blocks")
+    p.add_argument("--workers", type=non_negative, default=2,
+                   help="worker processes rendering the synthetic images (default 2; more where a big batch waits)")
     p.add_argument("--out", type=Path, help="write the JSON result here")
     p.add_argument("--probe-memory", choices=["fastmim", "reference"], help=argparse.SUPPRESS)  # internal
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -156,8 +160,7 @@ def timed(path, images, sync) -> float:
 
 
 def run(args) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = chosen_device(args.device)
     args.dtype = resolve_dtype(args, device)
     batch = args.batch_size or (128 if device.type == "cuda" else 16)
     ops.set_kernels(args.kernels)
@@ -168,7 +171,7 @@ def run(args) -> dict:
 
     breakdown_rounds = max(3, args.steps // 2)
     # one epoch covers every breakdown round: no path's data stage pays an epoch start (worker restart)
-    data_cfg = DataConfig(backend="synthetic", img_size=args.img_size, batch_size=batch, workers=2,
+    data_cfg = DataConfig(backend="synthetic", img_size=args.img_size, batch_size=batch, workers=args.workers,
                           synthetic_images=batch * max(4, 2 * breakdown_rounds), pin_memory=device.type == "cuda")
     loader = build_loader(data_cfg, 0, 1, device)
     batches = [b.to(device) for b, _ in zip(loader, range(2))]
@@ -264,4 +267,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point(main)
