@@ -2,7 +2,9 @@
 
 Mode `auto` uses the kernels where they can run: on CPU tensors when the extension is built, on a GPU when
 the library holds code for its architecture; elsewhere it warns once and runs the references. `fused`
-insists on the kernels (an error where they cannot run), `reference` forces the references. The
+insists on the kernels (an error where they cannot run), `reference` forces the references. The question
+"does the library hold code for this GPU" is asked of the GPU once, outside any fake-tensor trace; fake CUDA
+tensors with no GPU behind them (tests/fake_cuda) take the kernels, i.e. their fake implementations. The
 environment variable FASTMIM_KERNELS sets the starting mode; the trainer's --kernels flag calls
 `set_kernels`.
 """

@@ -3,6 +3,7 @@ an op from their own project learns what to fix without reading our code."""
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
@@ -56,11 +57,18 @@ def guarded_indices(op: str, name: str, ids: torch.Tensor, upper: int) -> torch.
     clamped into range, so that torch's own indexing never asserts on the device. Elsewhere `ids` as is."""
     if ids.device.type != "cuda" or ids.numel() == 0 or torch.compiler.is_compiling():
         return ids
-    slot = _REFERENCE_MESSAGES.index(f"{op} (reference): {name} holds values outside [0, N)")
-    flags = _reference_errors.setdefault(ids.device, torch.zeros(len(_REFERENCE_MESSAGES), dtype=torch.bool,
-                                                                 device=ids.device))
-    flags[slot] |= ((ids < 0) | (ids >= upper)).any()
+    if not is_fake(ids):  # fake tensors (the dry run) hold no values, and a flag made from them must not be kept
+        _record(_REFERENCE_MESSAGES.index(f"{op} (reference): {name} holds values outside [0, N)"),
+                (ids < 0) | (ids >= upper))
     return ids.clamp(0, upper - 1)
+
+
+def _record(slot: int, bad: torch.Tensor) -> None:
+    flags = _reference_errors.get(bad.device)
+    if flags is None:  # made once (setdefault would build its default, a fill on the device, at every call)
+        flags = _reference_errors[bad.device] = torch.zeros(len(_REFERENCE_MESSAGES), dtype=torch.bool,
+                                                            device=bad.device)
+    flags[slot] |= bad.any()
 
 
 def raise_reference_errors(device: torch.device) -> None:

@@ -71,7 +71,8 @@ def block_mask_reference(batch, grid_h, grid_w, masked, device, generator=None, 
     count = torch.zeros(batch, 1, device=device)
     active = torch.ones(batch, 1, dtype=torch.bool, device=device)  # a round that adds nothing ends a sample
     sat = torch.zeros(batch, grid_h + 1, grid_w + 1, device=device)  # summed-area table, zero first row/column
-    corner_sign = torch.tensor([1.0, -1.0, -1.0, 1.0], device=device).view(1, 4, 1)
+    corner_sign = torch.ones(1, 4, 1, device=device)
+    corner_sign[:, 1:3] = -1  # +, −, −, +; from a Python list it was a host copy that waits for the stream
     rows = torch.arange(grid_h, device=device).view(1, grid_h)
     cols = torch.arange(grid_w, device=device).view(1, grid_w)
     for r in range(rounds):
