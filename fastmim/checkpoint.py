@@ -7,6 +7,7 @@ A checkpoint is one `torch.save`d dict:
     method           the method's state dict: the student under `student.`, then heads, decoder, …
     optimizer        the optimizer's state dict
     ema, best        optional: the EMA copy's state dict (train.ema_decay), the best evaluation so far
+    student_timm     the timm model the student is: {'model': name, 'kwargs': {...}} (export, evaluate, init)
     step             optimizer steps done
     loaders, rng     per process, in rank order: the data loader's position and the RNG states (exact resume)
     world_size       the number of processes that wrote it
@@ -155,9 +156,35 @@ def student_weights(checkpoint: dict, pretraining_only: bool = True) -> dict[str
             if k.startswith(STUDENT) and (pretraining_only or k[len(STUDENT):] not in PRETRAINING_ONLY)}
 
 
-def student_arguments(cfg: Config) -> dict:
-    """The arguments of fastmim.models.vit.vit_model that rebuild a run's student (layer scale where it has one;
-    the mask token is the caller's choice)."""
-    m = cfg.method
-    return dict(size=m.student, img_size=cfg.data.img_size, patch_size=m.patch_size,
-                init_values=getattr(m, "init_values", None) or None, **m.student_kwargs)
+def student_arguments(method, img_size: int) -> dict:
+    """The arguments of fastmim.models.vit.vit_model that rebuild a pretraining method's student (`method`: its
+    configuration; layer scale where it has one; the mask token is the caller's choice)."""
+    return dict(size=method.student, img_size=img_size, patch_size=method.patch_size,
+                init_values=getattr(method, "init_values", None) or None, **method.student_kwargs)
+
+
+def timm_student(method, img_size: int) -> tuple[str, dict]:
+    """(timm model name, keyword arguments) of a pretraining run's student: its size's timm name at its patch
+    size where timm has one (else the size's /16 or /14 model with patch_size); img_size when it is not 224,
+    init_values when it has layer scale."""
+    import timm
+
+    args = student_arguments(method, img_size)
+    size, patch, img = args.pop("size"), args.pop("patch_size"), args.pop("img_size")
+    kwargs = {k: v for k, v in args.items() if v is not None}
+    names = [f"vit_{size}_patch{p}_224" for p in (patch, 16, 14)]
+    name = next((n for n in names if timm.is_model(n)), names[0])
+    if name != names[0]:
+        kwargs["patch_size"] = patch  # e.g. ViT-H/16: timm names ViT-H/14 only
+    if img != 224:
+        kwargs["img_size"] = img
+    return name, kwargs
+
+
+def student_timm(checkpoint: dict) -> tuple[str, dict]:
+    """The timm model (name, keyword arguments) the checkpoint's student is: as the run recorded it
+    (`student_timm`, written since fine-tuning students are timm models), else from its configuration."""
+    if "student_timm" in checkpoint:
+        return checkpoint["student_timm"]["model"], dict(checkpoint["student_timm"]["kwargs"])
+    cfg = read_config(checkpoint)
+    return timm_student(cfg.method, cfg.data.img_size)

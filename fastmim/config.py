@@ -52,6 +52,9 @@ class TrainConfig:
                                       # validated alongside and saved in checkpoints; None: none
     tensorboard: bool = False
     overwrite: bool = False           # with resume=never: clear a folder that holds a run before starting
+    picture_every: int = 0            # steps between pictures of the method (DIR/pictures/step_N.png), and one at
+                                      # the end of the schedule; 0: none
+    picture_images: int = 4           # the images pictured: a fixed draw from the training data
 
 
 @dataclass
@@ -227,7 +230,7 @@ def parse_assignment(text: str) -> tuple[str, object]:
 MAY_CHANGE_ON_RESUME = (
     "train.max_steps", "train.log_every", "train.checkpoint_every", "train.checkpoint_minutes",
     "train.keep_checkpoints", "train.output", "train.tensorboard", "train.kernels", "train.compile",
-    "train.max_nonfinite", "train.device",
+    "train.max_nonfinite", "train.device", "train.picture_every", "train.picture_images",
     "train.epochs",  # training longer: the schedule is recomputed for the new length from the step reached
     "data.workers", "data.pin_memory", "data.dali_hw_decoder_load", "data.dali_prefetch", "data.path",
     "method.attn_backend", "method.teacher_weights",
@@ -238,6 +241,7 @@ MAY_CHANGE_ON_RESUME = (
 MINIMUMS = (
     ("train.epochs", 1, "--epochs"), ("train.max_steps", 1, "--max-steps"), ("train.log_every", 1, None),
     ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 0, None), ("train.max_nonfinite", 1, None),
+    ("train.picture_every", 0, None), ("train.picture_images", 1, None),
     ("optim.accum_steps", 1, None), ("data.batch_size", 1, "--batch-size"), ("data.workers", 0, None),
     ("data.img_size", 1, None), ("optim.warmup_epochs", 0, None), ("optim.min_lr", 0, None),
     ("eval.every", 1, None), ("eval.per_class", 1, None), ("eval.val_per_class", 1, None), ("eval.k", 1, None),
@@ -277,8 +281,8 @@ def check_config(cfg: Config) -> None:
 def check_shapes(cfg: Config) -> None:
     """What the fields say together, before anything is built: the image cut into whole patches, and a built-in
     synthetic set that holds at least one optimizer step."""
-    size, patch = cfg.data.img_size, cfg.method.patch_size
-    if patch < 1 or size % patch:
+    size, patch = cfg.data.img_size, getattr(cfg.method, "patch_size", None)  # a classifier's is its model's
+    if patch is not None and (patch < 1 or size % patch):
         raise ConfigValueError(f"data.img_size {size} is not a multiple of method.patch_size {patch}: the image "
                                "must cut into whole patches")
     needed = cfg.data.batch_size * cfg.optim.accum_steps
@@ -290,4 +294,4 @@ def check_shapes(cfg: Config) -> None:
 
 def monitor_pooling(cfg: Config) -> str:
     """The k-NN monitor's feature: eval.pooling, or with auto the one the method trains."""
-    return cfg.eval.pooling if cfg.eval.pooling != "auto" else type(cfg.method).feature_pooling
+    return cfg.eval.pooling if cfg.eval.pooling != "auto" else cfg.method.feature_pooling

@@ -48,13 +48,13 @@ class DataConfig:
     # transform (timm's create_transform: RandAugment, random erasing) and a validation set.
     labels: bool = False                # batches are (images, labels); --data is read as an ImageFolder tree
     augmentation: Literal["pretrain", "finetune"] = "pretrain"
-    auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec (finetune augmentation)
+    auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec (finetune augmentation); "" for none
     reprob: float = 0.25                # random erasing probability (finetune augmentation)
     remode: Literal["pixel", "const", "rand"] = "pixel"
     recount: int = 1
     val: str | None = None              # labelled validation images: an ImageFolder tree, or "synthetic"
     val_batch_size: int = 256           # images per validation batch, per process
-    synthetic_classes: int = 10         # classes of the built-in labelled synthetic set (with labels)
+    synthetic_classes: int = 4          # classes of the built-in labelled synthetic set (with labels): 2..12
     synthetic_val_images: int = 256     # its validation images (data.val=synthetic)
 
     @property

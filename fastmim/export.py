@@ -15,34 +15,15 @@ from pathlib import Path
 
 import torch
 
-from fastmim.checkpoint import atomic_write, load_checkpoint, read_config, student_arguments, student_weights
-from fastmim.config import Config
+from fastmim.checkpoint import atomic_write, load_checkpoint, read_config, student_timm, student_weights
 from fastmim.methods.configs import method_name
 
 
-def timm_arguments(cfg: Config) -> tuple[str, dict]:
-    """(timm model name, keyword arguments) that rebuild a run's student: its size's timm name at its patch size
-    where timm has one (else the size's /16 or /14 model with patch_size); img_size when it is not 224,
-    init_values when it has layer scale."""
-    import timm
-
-    args = student_arguments(cfg)
-    size, patch, img = args.pop("size"), args.pop("patch_size"), args.pop("img_size")
-    kwargs = {k: v for k, v in args.items() if v is not None}
-    names = [f"vit_{size}_patch{p}_224" for p in (patch, 16, 14)]
-    name = next((n for n in names if timm.is_model(n)), names[0])
-    if name != names[0]:
-        kwargs["patch_size"] = patch  # e.g. ViT-H/16: timm names ViT-H/14 only
-    if img != 224:
-        kwargs["img_size"] = img
-    return name, kwargs
-
-
-def timm_call(cfg: Config, path: str, num_classes: int) -> str:
-    """The timm call that rebuilds a run's student from the export at `path` (its head has `num_classes`)."""
-    name, kwargs = timm_arguments(cfg)
-    if num_classes != 1000:  # timm's default
-        kwargs["num_classes"] = num_classes
+def timm_call(name: str, kwargs: dict, path: str, num_classes: int) -> str:
+    """The timm call that rebuilds the exported student from `path` (its head has `num_classes`)."""
+    kwargs = {**kwargs, "num_classes": num_classes}
+    if num_classes == 1000:  # timm's default
+        kwargs.pop("num_classes")
     extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
     return f"timm.create_model({name!r}{extra}, checkpoint_path={path!r})"
 
@@ -58,8 +39,9 @@ def check_out(out: Path) -> None:
 
 
 def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 1000) -> str:
-    """Write the run's student as a timm state dict (with a zero `head_classes`-way head, none for 0) to `out`,
-    atomically; returns the timm call that loads it."""
+    """Write the run's student as a timm state dict to `out`, atomically; returns the timm call that loads it. A
+    student without a head (pretraining) gets a zero `head_classes`-way one (none for 0); a fine-tuned student
+    keeps its own."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -69,17 +51,20 @@ def export(checkpoint_path: str | Path, out: str | Path, head_classes: int = 100
     checkpoint = load_checkpoint(Path(checkpoint_path))
     cfg = read_config(checkpoint, checkpoint_path)
     state = student_weights(checkpoint, pretraining_only=False)
-    if head_classes > 0:
+    name, kwargs = student_timm(checkpoint)
+    if "head.weight" in state:  # a classifier (fine-tuning): its trained head, whatever --head-classes says
+        head_classes = state["head.weight"].shape[0]
+    elif head_classes > 0:
         dim = state["cls_token"].shape[-1]
         state["head.weight"] = torch.zeros(head_classes, dim)
         state["head.bias"] = torch.zeros(head_classes)
-    name, kwargs = timm_arguments(cfg)
+    kwargs.pop("num_classes", None)
     metadata = {"format": "pt", "source": "fastmim", "timm_model": name, "timm_kwargs": json.dumps(kwargs),
                 "mean": json.dumps(list(cfg.data.mean)), "std": json.dumps(list(cfg.data.std)),  # for evaluate
-                "method": method_name(cfg.method), "pooling": type(cfg.method).feature_pooling}
+                "method": method_name(cfg.method), "pooling": cfg.method.feature_pooling}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(lambda path: save_file(state, str(path), metadata=metadata), out)
-    return timm_call(cfg, str(out), head_classes)
+    return timm_call(name, kwargs, str(out), head_classes)
 
 
 def main(argv: list[str] | None = None) -> int:

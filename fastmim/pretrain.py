@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import yaml
-
-from fastmim.config import Config, check_config, choice_fields, from_dict, parse_assignment, set_field, to_yaml
-from fastmim.console import one_line_warnings
+from fastmim.cli import add_run_flags, INTERRUPTED, apply_flags, apply_sets, choices_epilog, run, starting_config  # noqa: F401
+from fastmim.config import Config, set_field
 from fastmim.methods.configs import method_name
-from fastmim.recipes import RECIPES, describe, recipe
-
-INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the shells' 128 + signal number
+from fastmim.recipes import RECIPES
 
 EPILOG = """examples:
   python -m fastmim.pretrain                                   # the CPU demo on synthetic images
@@ -27,11 +22,6 @@ EPILOG = """examples:
   python -m fastmim.pretrain --recipe maskalign_vit_base_clip_b16 --print-config
   python -m fastmim.pretrain --config runs/demo/config.yaml --max-steps 500   # a run's settings, changed
 """
-
-
-def choices_epilog() -> str:
-    lines = [f"  {name:24} {allowed}" for name, allowed in choice_fields().items()]
-    return "fields with a fixed set of values (--set FIELD=VALUE):\n" + "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,15 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder, or a text file listing one image path per line; omit for the built-in synthetic set")
     p.add_argument("--output", metavar="DIR", help="folder for config.yaml, metrics.jsonl, checkpoints/, "
                    "summary.json and loss_curve.png (default: the recipe's, e.g. runs/demo)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps; the learning-rate "
-                   "schedule still follows --epochs, so a later --resume continues the same run")
-    p.add_argument("--epochs", type=int, metavar="N", help="length of the run and of its schedule, in epochs")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per process per micro-batch; the learning "
-                   "rate is base_lr × global batch / 256")
-    p.add_argument("--resume", metavar="auto|never|PATH", help="auto (default): continue from DIR/checkpoints/last.pt "
-                   "if present (its configuration must match, but for max_steps, logging and checkpoint cadence); "
-                   "never: start from scratch, refused where DIR holds a run unless --set train.overwrite=true, "
-                   "which clears it first; PATH: that checkpoint")
     p.add_argument("--init", metavar="CHECKPOINT", help="start a new run from another run's weights (its "
                    "checkpoint's student, heads, decoder: same method and model), with a fresh optimizer and "
                    "schedule; e.g. to train a finished run longer under a new schedule")
@@ -71,19 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-weights", metavar="FILE|hub|random", help="a local .safetensors/.pth (timm, OpenAI "
                    "CLIP or open_clip layout); hub downloads timm's pretrained weights; random is for tests "
                    "(MR-MAE: one per teacher, comma-separated)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (auto: CUDA when available)")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the student's and the teacher's blocks (the first steps are slow while it compiles)")
     p.add_argument("--eval-train", metavar="DIR", help="labelled ImageFolder for the k-NN monitor's bank; with "
                    "--eval-val the student is evaluated every eval.every steps (default 1000) and at the end")
     p.add_argument("--eval-val", metavar="DIR", help="labelled ImageFolder of the k-NN monitor's queries "
                    "(knn_top1/knn_top5 in metrics.jsonl; see the eval section of --print-config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field (checked "
-                   "against its type; dict fields by dotted path), e.g. "
-                   "method.mask_ratio=0.75, optim.base_lr=1e-4, train.log_every=50 (repeatable; see --print-config)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML (each field "
-                   "with a fixed set of values says which) and exit")
     p.add_argument("--list-recipes", action="store_true", help="list the recipes with their method and exit")
+    add_run_flags(p, "torch.compile the student's and the teacher's blocks (the first steps are slow while it "
+                  "compiles)", "method.mask_ratio=0.75, optim.base_lr=1e-4, train.log_every=50")
     return p
 
 
@@ -131,88 +106,19 @@ def take_named_teacher(cfg: Config, before: tuple, explicit: set[str]) -> None:
             setattr(cfg.method, name, getattr(defaults, name))
 
 
-def starting_config(args: argparse.Namespace) -> Config:
-    """The recipe, or the --config file."""
-    if args.config is None:
-        return recipe(args.recipe or "demo")
-    if args.recipe is not None:
-        raise ValueError("--config and --recipe both name a starting configuration: give one")
-    path = Path(args.config)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ValueError(f"--config {args.config!r}: cannot read it ({error.strerror})") from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {args.config!r}: not valid YAML ({error})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {args.config!r}: expected a mapping of sections (method, data, optim, train, eval)")
-    try:
-        return from_dict(data)
-    except ValueError as error:
-        raise ValueError(f"--config {args.config!r}: {error}") from error
-
-
 def resolve_config(args: argparse.Namespace) -> Config:
-    cfg = starting_config(args)
+    """The recipe (or --config file), the flags and --set over it; a newly named teacher as it is."""
+    cfg = starting_config(args, "pretrain", "demo")
     teachers = teacher_names(cfg.method)
-    for flag, dotted in FLAG_FIELDS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            set_field(cfg, dotted, value)
-    explicit = set_teacher_flags(cfg, args.teacher, args.teacher_weights)
-    if args.data is not None and args.data_backend is None and cfg.data.backend == "synthetic":
-        cfg.data.backend = "auto"  # --data given to a synthetic recipe: read it
-    for assignment in args.set:
-        key, value = parse_assignment(assignment)
-        set_field(cfg, key, value)
-        explicit.add(key)
+    apply_flags(cfg, args, FLAG_FIELDS)
+    explicit = set_teacher_flags(cfg, args.teacher, args.teacher_weights) | apply_sets(cfg, args)
     take_named_teacher(cfg, teachers, explicit)
-    check_config(cfg)
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    one_line_warnings()
-    if args.list_recipes:
-        for name in RECIPES:
-            print(f"{name:32} {method_name(recipe(name).method):12} {describe(name)}")
-        return 0
-    try:
-        cfg = resolve_config(args)
-    except (KeyError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {str(error).strip(chr(34))}\n")
-    if args.print_config:
-        sys.stdout.write(to_yaml(cfg, annotate=True))
-        return 0
-    from fastmim.train.signals import StopSignals
-
-    try:
-        with StopSignals() as signals:  # Ctrl-C recorded from here on, through the heavy imports and the build
-            return train(cfg, parser, signals)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-        parser.exit(INTERRUPTED["SIGINT"], f"{parser.prog}: error: interrupted\n")
-
-
-def train(cfg: Config, parser: argparse.ArgumentParser, signals) -> int:
-    from fastmim.ops.selfcheck import KernelMismatchError
-    from fastmim.train.trainer import Interrupted, NonFiniteLossError, Trainer  # heavy imports only when training
-
-    try:
-        trainer = Trainer(cfg)  # everything that can be wrong with the input is found here, before any work
-    except (FileNotFoundError, ValueError, KernelMismatchError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    try:
-        trainer.run(signals)
-    except Interrupted as stop:
-        if stop.before_start:
-            parser.exit(INTERRUPTED[stop.signal_name], f"{parser.prog}: error: interrupted by {stop.signal_name} "
-                        "before training started; nothing was written\n")
-        return INTERRUPTED[stop.signal_name]
-    except NonFiniteLossError as error:  # the run failed (exit 1), the input was not wrong
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    return 0
+    return run(parser, parser.parse_args(argv), "pretrain", resolve_config)
 
 
 if __name__ == "__main__":

@@ -31,15 +31,16 @@ def dali_available() -> bool:
 
 
 def resolve_backend(cfg: DataConfig) -> str:
-    """The pipeline `cfg` asks for: synthetic when asked or without a path; auto means DALI when installed."""
+    """The pipeline `cfg` asks for: synthetic when asked or without a path; auto means DALI when installed and
+    the data is unlabelled with pretraining's augmentation, torchvision otherwise."""
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown data backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
     if cfg.backend == "synthetic" or cfg.path is None:
         return "synthetic"
     if cfg.backend == "dali" and not dali_available():
         raise DaliNotInstalledError(f"data backend 'dali' needs NVIDIA DALI: pip install {DALI_PACKAGES}")
-    if cfg.backend == "auto":
-        return "dali" if dali_available() else "torchvision"
+    if cfg.backend == "auto":  # DALI when installed and when it can do what is asked (fine-tuning's it cannot)
+        return "dali" if dali_available() and not cfg.labels and cfg.augmentation == "pretrain" else "torchvision"
     return cfg.backend
 
 

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from .base import DataConfig
+from .folder import ImageFiles
 
 SYNTHETIC_VALIDATION = "synthetic"  # data.val naming the built-in labelled set's validation images
 
 
-class LabelledFiles:
+class LabelledFiles(ImageFiles):
     """An ImageFolder tree as a source: `files`, `labels` and `classes` in torchvision's ImageFolder order (classes
     sorted by folder name, files by path), `load(i)` decodes file i to RGB."""
 
@@ -37,28 +38,42 @@ class LabelledFiles:
         unknown = sorted(set(found) - set(self.classes))
         if unknown:
             raise ValueError(f"{str(root)!r} has classes the training set lacks: {', '.join(unknown[:5])}")
-        self.files = [path for path, _ in samples]
+        super().__init__([path for path, _ in samples])
         self.labels = [self.classes.index(found[label]) for _, label in samples]
 
-    def __len__(self) -> int:
-        return len(self.files)
 
-    def describe(self, index: int) -> str:
-        return self.files[index]
+def posterize_zero_bits(img, bits_to_keep, **kwargs):
+    """timm's posterize, with the 0 bits its RandAugment asks for at the top of its magnitude range (PosterizeIncreasing
+    keeps 4 down to 0 bits): Pillow before 11 made that a black image, newer Pillow refuses it with a ValueError
+    that would end the run. Same result as before, every Pillow."""
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)
+    return posterize_zero_bits.timm(img, bits_to_keep, **kwargs)
 
-    def load(self, index: int) -> Image.Image:
-        with open(self.files[index], "rb") as f:
-            return Image.open(f).convert("RGB")
+
+def keep_timm_posterize_working() -> None:
+    import timm.data.auto_augment as auto_augment
+
+    if not hasattr(posterize_zero_bits, "timm"):
+        posterize_zero_bits.timm = auto_augment.posterize
+    for name, op in list(auto_augment.NAME_TO_OP.items()):
+        if op is posterize_zero_bits.timm:
+            auto_augment.NAME_TO_OP[name] = posterize_zero_bits
 
 
 def finetune_transform(cfg: DataConfig):
     """MAE's fine-tuning training transform (util/datasets.py build_transform): timm's create_transform with
-    RandomResizedCrop (bicubic), flip, RandAugment `data.auto_augment`, random erasing `data.reprob` in
-    `data.remode` mode `data.recount` times, no colour jitter, the data's normalization."""
+    RandomResizedCrop (bicubic, area `data.scale`, aspect `data.ratio`: the fine-tuning recipes set timm's
+    (0.08, 1) and (3/4, 4/3)), flip with probability `data.hflip`, RandAugment `data.auto_augment` ('' for none),
+    random erasing `data.reprob` in `data.remode` mode `data.recount` times, no colour jitter, the data's
+    normalization."""
     from timm.data import create_transform
 
-    return create_transform(input_size=cfg.img_size, is_training=True, color_jitter=None,
-                            auto_augment=cfg.auto_augment, interpolation="bicubic", re_prob=cfg.reprob,
+    keep_timm_posterize_working()
+
+    return create_transform(input_size=cfg.img_size, is_training=True, scale=tuple(cfg.scale),
+                            ratio=tuple(cfg.ratio), hflip=cfg.hflip, color_jitter=None,
+                            auto_augment=cfg.auto_augment or None, interpolation="bicubic", re_prob=cfg.reprob,
                             re_mode=cfg.remode, re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std))
 
 

@@ -57,37 +57,40 @@ def _grain(size: int) -> np.ndarray:
     return np.random.default_rng(12345).normal(0.0, 0.02, (2 * size, 2 * size, 1)).astype(np.float32)
 
 
-def _frame(rng, x, y):
-    """Coordinates rotated by a random angle around a random centre."""
+def _frame(rng, x, y, spread: float = 0.8):
+    """Coordinates rotated by a random angle around a random centre (within ±spread)."""
     angle = rng.uniform(0.0, math.pi)
-    cx, cy = rng.uniform(-0.8, 0.8, 2)
+    cx, cy = rng.uniform(-spread, spread, 2)
     c, s = math.cos(angle), math.sin(angle)
     return (x - cx) * c + (y - cy) * s, (y - cy) * c - (x - cx) * s
 
 
-def _shape_mask(rng, x, y, kind: int | None = None, sizes: tuple = (0.08, 0.6)) -> np.ndarray:
-    """A rectangle, an ellipse or a band (`kind` 0, 1, 2; drawn when None) of half-sizes in `sizes`."""
-    u, v = _frame(rng, x, y)
+def _shape_mask(rng, x, y, kind: int | None = None, sizes: tuple = (0.08, 0.6), spread: float = 0.8,
+                band: float = 1 / 3) -> np.ndarray:
+    """A rectangle, an ellipse or a band (`kind` 0, 1, 2; drawn when None) of half-sizes in `sizes` (a band's
+    half-width is `band` of its size), centred within ±spread."""
+    u, v = _frame(rng, x, y, spread)
     a, b = rng.uniform(*sizes, 2)
     kind = int(rng.integers(3)) if kind is None else kind
     if kind == 0:  # rectangle
         return (np.abs(u) < a) & (np.abs(v) < b)
     if kind == 1:  # ellipse
         return (u / a) ** 2 + (v / b) ** 2 < 1.0
-    return np.abs(u) < a / 3  # band across the picture
+    return np.abs(u) < a * band  # band across the picture
 
 
-def _paint(rng, image, x, y, mask, kind: int) -> None:
-    """Fill the pixels under `mask` with a solid colour, stripes, a checkerboard or a gradient between two colours."""
+def _paint(rng, image, x, y, mask, kind: int, coarse: bool = False) -> None:
+    """Fill the pixels under `mask` with a solid colour, stripes, a checkerboard or a gradient between two colours
+    (`coarse`: wide stripes and cells, which survive a small image)."""
     c0, c1 = rng.uniform(0.0, 1.0, (2, 3)).astype(np.float32)
     u, v = _frame(rng, x[mask], y[mask])  # only the covered pixels: cost follows the shape's area
     if kind == 0:  # solid
         image[mask] = c0
         return
     if kind == 1:  # stripes
-        t = (np.sin(u * rng.uniform(8.0, 40.0)) > 0).astype(np.float32)
+        t = (np.sin(u * (rng.uniform(6.0, 10.0) if coarse else rng.uniform(8.0, 40.0))) > 0).astype(np.float32)
     elif kind == 2:  # checkerboard
-        cell = rng.uniform(0.05, 0.3)
+        cell = rng.uniform(0.15, 0.3) if coarse else rng.uniform(0.05, 0.3)
         t = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
     elif rng.uniform() < 0.5:  # linear gradient
         t = np.clip((u + 1.5) / 3.0, 0.0, 1.0)
@@ -98,8 +101,9 @@ def _paint(rng, image, x, y, mask, kind: int) -> None:
 
 class LabelledSyntheticImages(SyntheticImages):
     """The built-in labelled set (fine-tuning's demo, no download): picture i belongs to class i mod `classes`;
-    its class is the kind of its one large object — the shape (rectangle, ellipse, band) and the fill (solid,
-    stripes, checkerboard, gradient) — over a gradient background with small solid distractors and grain."""
+    its class is how its one large object is filled — solid, stripes, checkerboard, gradient — and, past four
+    classes, also its shape (rectangle, ellipse, band), over a gradient background with a small solid distractor
+    and grain. The object's colours, size, angle and place are random."""
 
     SHAPES, FILLS = 3, 4
 
@@ -123,10 +127,11 @@ def render_labelled(seed: int, index: int, size: int, label: int) -> np.ndarray:
     x, y = np.broadcast_arrays(axis[None, :], axis[:, None])
     image = np.empty((size, size, 3), dtype=np.float32)
     _paint(rng, image, x, y, np.ones((size, size), dtype=bool), kind=3)
-    for _ in range(int(rng.integers(1, 4))):  # distractors: small and solid
-        _paint(rng, image, x, y, _shape_mask(rng, x, y, sizes=(0.06, 0.16)), kind=0)
-    shape, fill = label % LabelledSyntheticImages.SHAPES, label // LabelledSyntheticImages.SHAPES
-    _paint(rng, image, x, y, _shape_mask(rng, x, y, kind=shape, sizes=(0.3, 0.6)), kind=fill)
+    if rng.uniform() < 0.5:  # a distractor: small and solid
+        _paint(rng, image, x, y, _shape_mask(rng, x, y, sizes=(0.06, 0.14)), kind=0)
+    fill, shape = label % LabelledSyntheticImages.FILLS, label // LabelledSyntheticImages.FILLS  # up to 4: fills
+    mask = _shape_mask(rng, x, y, kind=shape, sizes=(0.45, 0.7), spread=0.25, band=0.45)
+    _paint(rng, image, x, y, mask, kind=fill, coarse=True)
     oy, ox = rng.integers(0, _grain(size).shape[0] - size, 2)
     image += _grain(size)[oy:oy + size, ox:ox + size]
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

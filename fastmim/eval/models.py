@@ -26,18 +26,20 @@ class EvalModel:
 
 
 def from_checkpoint(path: Path) -> EvalModel:
-    from fastmim.checkpoint import load_checkpoint, read_config, student_arguments, student_weights
-    from fastmim.models.vit import vit_model
+    """The run's student as the timm ViT it is (without a classifier head), with the run's image settings."""
+    import timm
+
+    from fastmim.checkpoint import load_checkpoint, read_config, student_timm, student_weights
 
     checkpoint = load_checkpoint(path)
     cfg = read_config(checkpoint, path)
-    state = student_weights(checkpoint)
-    student = vit_model(**student_arguments(cfg), mask_token="mask_token" in state)
-    student.load_state_dict(state)
+    name, kwargs = student_timm(checkpoint)
+    model = timm.create_model(name, pretrained=False, **{**kwargs, "num_classes": 0})
+    state = {k: v for k, v in student_weights(checkpoint, pretraining_only=False).items() if not k.startswith("head.")}
+    model.load_state_dict(state, strict=True)
     image, method = cfg.data.image, checkpoint.get("method_name", "fastmim")
-    pooling = type(cfg.method).feature_pooling
-    return EvalModel(student, image.size, image.mean, image.std, f"{method} student at step {checkpoint.get('step')}",
-                     pooling, f"what {method} trains")
+    return EvalModel(model, image.size, image.mean, image.std, f"{method} student at step {checkpoint.get('step')}",
+                     cfg.method.feature_pooling, f"what {method} trains")
 
 
 def from_export(path: Path, arch: str | None) -> EvalModel:

@@ -11,7 +11,8 @@ The trainer, the step, the metrics, checkpoints, export and the benchmarks only 
     method.name                                 # recorded in config.yaml and checkpoints
 
 and, for the benchmarks' stage breakdown, `method.trained_pass(images, method.frozen_pass(images))`, which is
-what `method(images)` computes. Subclasses supply the two passes and what differs; frozen teachers are held
+what `method(images)` computes; for pictures (fastmim.pictures), `method.picture(images, generator)`, None for a
+method that draws none. Subclasses supply the two passes and what differs; frozen teachers are held
 here, outside the module tree: never trained, saved or synced by DDP, but moved and cast with the method.
 
 A method registers itself: a subclass that sets `config_class` (a fastmim.methods.configs dataclass, which
@@ -32,6 +33,7 @@ from fastmim.data_config import ImageSpec
 from .configs import method_name
 from .flops import StepFlops
 from .masks import Mask
+from .pictures import PictureData
 
 METHODS: dict[str, type["Method"]] = {}  # method name → class, filled as the classes are defined
 
@@ -83,7 +85,23 @@ class Method(nn.Module):
     def forward(self, images: torch.Tensor) -> MethodOutput:
         return self.trained_pass(images, self.frozen_pass(images))
 
+    # --- pictures (python -m fastmim.visualize, train.picture_every) ----------------------------------------
+    def picture(self, images: torch.Tensor, generator: torch.Generator) -> PictureData | None:
+        """What a picture of `images` shows of the method (fastmim.methods.pictures.PictureData): the mask it
+        draws — every random number from `generator`, on the images' device, never from torch's global streams,
+        so a run that draws pictures trains exactly like one without —, the teacher's importance where the mask
+        comes from it, reconstructions, the similarity to the teacher's targets, each image's loss. The caller
+        puts the method in eval mode without gradients. None (this default): the method draws no pictures."""
+        return None
+
     # --- what it is made of --------------------------------------------------------------------------------
+    def student_timm(self) -> tuple[str, dict]:
+        """The timm model (name, keyword arguments) the student is, recorded in checkpoints for export,
+        evaluation and fine-tuning: its size's ViT for the pretraining students."""
+        from fastmim.checkpoint import timm_student
+
+        return timm_student(self.cfg, self.image.size)
+
     def describe(self) -> list[str]:
         """Lines for the start of a run: each frozen model the method learns from and where its weights came
         from."""

@@ -34,6 +34,7 @@ class MethodConfig:
     `feature_pooling` is the student feature the method trains, which evaluation reads unless told otherwise."""
     method_name: ClassVar[str]
     feature_pooling: ClassVar[str] = "cls"
+    task: ClassVar[str] = "pretrain"   # or "finetune": which command runs it
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -119,3 +120,29 @@ def method_name(cfg) -> str:
     if name is None or METHOD_CONFIGS.get(name) is not cls:
         raise TypeError(f"{cls.__name__} is not a method configuration; known: {', '.join(METHOD_CONFIGS)}")
     return name
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    """Supervised fine-tuning by MAE's protocol (main_finetune.py): a timm ViT classifier from a pretrained
+    student (or from random weights), layer-wise lr decay, Mixup/CutMix with label smoothing."""
+    method_name: ClassVar[str] = "finetune"
+    task: ClassVar[str] = "finetune"
+    init: str | None = None                # the student: a fastmim checkpoint, an export, or a timm name (+ weights)
+    weights: str | None = None             # a timm-name init's weights: a local file or hub
+    model: str = "vit_base_patch16_224"    # the timm ViT built when init is None (random initialization)
+    model_kwargs: dict = field(default_factory=dict)  # its overrides (the demo's small ViT)
+    global_pool: Literal["avg", "token"] = "avg"  # avg: mean of the patch tokens + fc_norm (MAE's); token: CLS
+    drop_path: float = 0.1
+    layer_decay: float = 0.65              # lr × layer_decay^(L − layer) (MAE's param_groups_lrd)
+    smoothing: float = 0.1                 # label smoothing
+    mixup: float = 0.8                     # Mixup alpha (0: none)
+    cutmix: float = 1.0                    # CutMix alpha (0: none)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
+    attn_backend: Literal["auto", "math"] = "auto"  # math: attention as explicit products (FLOP counting)
+
+    @property
+    def feature_pooling(self) -> str:  # what evaluation reads: what the classifier's head reads
+        return "mean" if self.global_pool == "avg" else "cls"

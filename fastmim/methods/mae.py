@@ -18,6 +18,7 @@ from .builders import build_student
 from .configs import MAEConfig
 from .flops import StepFlops, decoder_flops, student_flops
 from .masks import Mask, num_kept, random_mask
+from .pictures import PictureData, per_image, unnormalize_patches
 
 
 @dataclass
@@ -44,15 +45,37 @@ class MAE(Method):
     def trained_blocks(self) -> list:
         return [*self.student.blocks, *self.decoder.blocks]
 
-    def frozen_pass(self, images: torch.Tensor) -> MAEFrozen:
-        return MAEFrozen(random_mask(images.shape[0], self.student.num_patches, self.cfg.mask_ratio, images.device))
+    def frozen_pass(self, images: torch.Tensor, generator: torch.Generator | None = None) -> MAEFrozen:
+        """The random mask, drawn from `generator` (None: the device's default)."""
+        return MAEFrozen(random_mask(images.shape[0], self.student.num_patches, self.cfg.mask_ratio, images.device,
+                                     generator))
+
+    def decode(self, images: torch.Tensor, mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the encoder's output [B, 1+V, D], the decoder's prediction at the masked patches [B, M, p²·C])."""
+        latent = self.student.encode(images, mask.ids_keep)
+        return latent, self.decoder(latent, mask.ids_keep, mask.ids_masked)
+
+    def pixel_loss(self, pred: torch.Tensor, images: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
+        return ops.masked_pixel_loss(pred, images, ids_masked, self.student.patch_size, self.cfg.norm_pix)
 
     def reconstruct(self, images: torch.Tensor, mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(the encoder's output [B, 1+V, D], the pixel loss at the masked patches)."""
-        latent = self.student.encode(images, mask.ids_keep)
-        pred = self.decoder(latent, mask.ids_keep, mask.ids_masked)
-        pixel = ops.masked_pixel_loss(pred, images, mask.ids_masked, self.student.patch_size, self.cfg.norm_pix)
-        return latent, pixel
+        latent, pred = self.decode(images, mask)
+        return latent, self.pixel_loss(pred, images, mask.ids_masked)
+
+    def picture(self, images: torch.Tensor, generator: torch.Generator) -> PictureData:
+        """The mask, each image's pixel loss and the reconstruction of its masked patches."""
+        mask = self.frozen_pass(images, generator).mask
+        _, pred = self.decode(images, mask)
+        loss = per_image(lambda b: self.pixel_loss(pred[b], images[b], mask.ids_masked[b]), images.shape[0])
+        return PictureData(mask, loss, reconstruction=self.reconstructed_pixels(pred, images, mask))
+
+    def reconstructed_pixels(self, pred: torch.Tensor, images: torch.Tensor, mask: Mask) -> torch.Tensor:
+        """The prediction at the masked patches in the images' space: with norm_pix, un-normalized with each target
+        patch's own mean and variance, as MAE's demo shows it."""
+        if not self.cfg.norm_pix:
+            return pred.float()
+        return unnormalize_patches(pred, images, mask.ids_masked, self.student.patch_size)
 
     def trained_pass(self, images: torch.Tensor, frozen: MAEFrozen) -> MethodOutput:
         _, pixel = self.reconstruct(images, frozen.mask)

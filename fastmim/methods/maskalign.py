@@ -19,6 +19,7 @@ from .flops import StepFlops, student_flops, teacher_flops
 from .heads import initial_mix, make_head
 from .level_weights import level_weights
 from .masks import Mask, draw_mask, num_kept
+from .pictures import PictureData, patch_map, per_image, row_cosine
 from .builders import build_student, build_teacher
 from .targets import batchnorm_targets
 
@@ -65,6 +66,9 @@ class MaskAlign(Method):
         else:
             self.student_levels = list(range(1, student_depth + 1))
             self.mix = nn.Parameter(mix)
+            # The supervised levels' DA rows, made once: built from a Python list in the step, they were a copy
+            # from pageable host memory, which waits for the GPU's stream every step (tests/fake_cuda found it).
+            self.register_buffer("mix_rows", torch.tensor([l - 1 for l in self.levels]), persistent=False)
         count = len(self.levels)
         if self.cfg.head == "linear":
             # stacked so that one batched GEMM computes every head (fastmim.ops.dynamic_align)
@@ -88,8 +92,7 @@ class MaskAlign(Method):
         """[L, S]: the DA rows of the supervised levels only."""
         if self.mix is None:
             return self.fixed_mix
-        rows = torch.tensor([l - 1 for l in self.levels], device=self.mix.device)
-        return self.mix.index_select(0, rows)
+        return self.mix.index_select(0, self.mix_rows)
 
     def predict(self, hidden: list[torch.Tensor]) -> torch.Tensor:
         """Student levels → predictions of the supervised teacher levels [L, B, 1+K, Dt]."""
@@ -106,14 +109,14 @@ class MaskAlign(Method):
             return batchnorm_targets(teacher_levels), "none"
         return teacher_levels, self.cfg.target_norm
 
-    def frozen_pass(self, images: torch.Tensor) -> MaskAlignFrozen:
-        """The mask (from the teacher's importance in attention mode), then the supervised teacher levels, the
-        last one at the CLS and kept rows only — except for batchnorm targets, whose statistics cover every
-        row."""
+    def frozen_pass(self, images: torch.Tensor, generator: torch.Generator | None = None) -> MaskAlignFrozen:
+        """The mask (from the teacher's importance in attention mode; drawn from `generator`, None: the device's
+        default), then the supervised teacher levels, the last one at the CLS and kept rows only — except for
+        batchnorm targets, whose statistics cover every row."""
         cfg = self.cfg
         part = self.teacher.begin(images, self.levels, importance=cfg.mask_mode == "attention")
         mask = draw_mask(cfg.mask_mode, cfg.mask_ratio, images.shape[0], self.student.num_patches, images.device,
-                         part.importance)
+                         part.importance, generator)
         rows = None if cfg.target_norm == "batchnorm" else ops.cls_and_kept_rows(mask.ids_keep)
         out = self.teacher.finish(part, rows)
         return MaskAlignFrozen(mask, out.levels, out.importance)
@@ -124,12 +127,30 @@ class MaskAlign(Method):
         hidden = self.student(images, mask.ids_keep, depth=max(self.student_levels))
         pred = self.predict(hidden)
         target, row_norm = self.targets(frozen.levels)
-        per_level = ops.align_loss(pred, target, ops.cls_and_kept_rows(mask.ids_keep), loss=self.cfg.loss,
-                                   target_norm=row_norm)
-        if self.cfg.loss == "smooth_l1":
-            per_level = per_level * 2  # as the official code
+        per_level = self.level_losses(pred, target, row_norm, ops.cls_and_kept_rows(mask.ids_keep))
         terms = {f"level_{level}": value for level, value in zip(self.levels, per_level)}
         return MethodOutput((per_level * self.level_weight).sum(), terms, mask, {"level_losses": per_level})
+
+    def level_losses(self, pred: torch.Tensor, target: torch.Tensor, row_norm: str, rows: torch.Tensor):
+        """[L]: the loss of each supervised level (pred [L, B, R, Dt] against the target rows `rows` [B, R])."""
+        per_level = ops.align_loss(pred, target, rows, loss=self.cfg.loss, target_norm=row_norm)
+        if self.cfg.loss == "smooth_l1":
+            per_level = per_level * 2  # as the official code
+        return per_level
+
+    def picture(self, images: torch.Tensor, generator: torch.Generator) -> PictureData:
+        """The mask (with the teacher's importance in attention mode), each image's loss, and the cosine similarity
+        of the deepest supervised level's prediction with its target at the kept patches."""
+        frozen = self.frozen_pass(images, generator)
+        mask = frozen.mask
+        pred = self.predict(self.student(images, mask.ids_keep, depth=max(self.student_levels)))
+        target, row_norm = self.targets(frozen.levels)
+        rows = ops.cls_and_kept_rows(mask.ids_keep)
+        loss = per_image(lambda b: (self.level_losses(pred[:, b], target[:, b], row_norm, rows[b])
+                                    * self.level_weight).sum(), images.shape[0])
+        similarity = patch_map(row_cosine(pred[-1], target[-1], rows, row_norm), rows, self.student.num_patches)
+        return PictureData(mask, loss, frozen.importance, similarity=similarity,
+                           similarity_of=f"teacher level {self.levels[-1]} of {self.teacher.depth}")
 
     # --- optimisation ---------------------------------------------------------------------------------
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:

@@ -21,6 +21,7 @@ from .configs import MaskDistillConfig
 from .flops import StepFlops, block_flops, student_flops, teacher_flops
 from .heads import xavier_linear
 from .masks import Mask, block_mask, num_masked
+from .pictures import PictureData, patch_map, per_image, row_cosine
 
 
 @dataclass
@@ -52,19 +53,39 @@ class MaskDistill(Method):
     def teacher(self) -> Teacher:
         return self.teachers[0]
 
-    def frozen_pass(self, images: torch.Tensor) -> MaskDistillFrozen:
+    def frozen_pass(self, images: torch.Tensor, generator: torch.Generator | None = None) -> MaskDistillFrozen:
+        """The block mask, drawn from `generator` (None: the device's default), then the teacher's last level at
+        the masked rows."""
         s = self.student
-        mask = block_mask(images.shape[0], s.grid, s.grid, self.cfg.mask_ratio, images.device)
+        mask = block_mask(images.shape[0], s.grid, s.grid, self.cfg.mask_ratio, images.device, generator)
         target = self.teacher(images, [self.teacher.depth], importance=False, rows=masked_rows(mask)).levels
         return MaskDistillFrozen(mask, target)
 
-    def trained_pass(self, images: torch.Tensor, frozen: MaskDistillFrozen) -> MethodOutput:
-        rows = masked_rows(frozen.mask)
-        x = self.student.encode_dense(images, frozen.mask.ids_keep)
+    def predict(self, images: torch.Tensor, mask: Mask) -> torch.Tensor:
+        """[1, B, M, Dt]: the head on the dense student's outputs at the masked positions."""
+        rows = masked_rows(mask)
+        x = self.student.encode_dense(images, mask.ids_keep)
         at_masked = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))  # the head runs there only
-        distill = ops.align_loss(self.head(at_masked)[None], frozen.target, rows, loss=self.cfg.loss,
-                                 target_norm="layernorm", beta=self.cfg.beta)[0]
+        return self.head(at_masked)[None]
+
+    def distill_loss(self, pred: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return ops.align_loss(pred, target, rows, loss=self.cfg.loss, target_norm="layernorm", beta=self.cfg.beta)[0]
+
+    def trained_pass(self, images: torch.Tensor, frozen: MaskDistillFrozen) -> MethodOutput:
+        distill = self.distill_loss(self.predict(images, frozen.mask), frozen.target, masked_rows(frozen.mask))
         return MethodOutput(distill, {"distill": distill}, frozen.mask)
+
+    def picture(self, images: torch.Tensor, generator: torch.Generator) -> PictureData:
+        """The block mask, each image's loss, and the cosine similarity of the prediction with the teacher's last
+        level at the masked patches."""
+        frozen = self.frozen_pass(images, generator)
+        rows = masked_rows(frozen.mask)
+        pred = self.predict(images, frozen.mask)
+        loss = per_image(lambda b: self.distill_loss(pred[:, b], frozen.target[:, b], rows[b]), images.shape[0])
+        similarity = patch_map(row_cosine(pred[0], frozen.target[0], rows, "layernorm"), rows,
+                               self.student.num_patches)
+        return PictureData(frozen.mask, loss, similarity=similarity,
+                           similarity_of=f"teacher level {self.teacher.depth} of {self.teacher.depth}")
 
     def no_weight_decay(self, name: str, param) -> bool:
         """BEiT v2's: none on biases, 1-D tensors (norms, layer scale) and the CLS token."""

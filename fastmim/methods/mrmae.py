@@ -21,12 +21,14 @@ from .flops import StepFlops, teacher_flops
 from .heads import xavier_linear
 from .mae import MAE
 from .masks import Mask, draw_mask, num_kept
+from .pictures import PictureData, patch_map, per_image, row_cosine
 
 
 @dataclass
 class MRMAEFrozen:
     mask: Mask
     targets: list[torch.Tensor]  # per teacher, its last level [1, B, 1+N, Dt] (computed at CLS + kept rows)
+    importance: torch.Tensor | None = None  # [B, N]: the first teacher's, in attention mode
 
 
 def per_teacher(cfg: MRMAEConfig, name: str) -> tuple:
@@ -59,28 +61,53 @@ class MRMAE(MAE):
         self.mimic_heads = nn.ModuleList(xavier_linear(self.student.embed_dim, t.embed_dim) for t in self.teachers)
         self.term_names = [f"mimic_{name}" for name in cfg.teachers]
 
-    def frozen_pass(self, images: torch.Tensor) -> MRMAEFrozen:
-        """The mask (from the first teacher's importance in attention mode), then every teacher's last level at
-        the CLS and kept rows only."""
+    def frozen_pass(self, images: torch.Tensor, generator: torch.Generator | None = None) -> MRMAEFrozen:
+        """The mask (from the first teacher's importance in attention mode; drawn from `generator`, None: the
+        device's default), then every teacher's last level at the CLS and kept rows only."""
         cfg, first = self.cfg, self.teachers[0]
         part = first.begin(images, [first.depth], importance=cfg.mask_mode == "attention")
         mask = draw_mask(cfg.mask_mode, cfg.mask_ratio, images.shape[0], self.student.num_patches, images.device,
-                         part.importance)
+                         part.importance, generator)
         rows = ops.cls_and_kept_rows(mask.ids_keep)
         targets = [first.finish(part, rows).levels]
         targets += [t(images, [t.depth], importance=False, rows=rows).levels for t in self.teachers[1:]]
-        return MRMAEFrozen(mask, targets)
+        return MRMAEFrozen(mask, targets, part.importance)
+
+    def mimic_loss(self, pred: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One teacher's mimic loss: its head's output [1, B, R, Dt] against its target rows `rows` [B, R]."""
+        return ops.align_loss(pred, target, rows, loss=self.cfg.mimic_loss, target_norm="layernorm")[0]
 
     def trained_pass(self, images: torch.Tensor, frozen: MRMAEFrozen) -> MethodOutput:
         latent, pixel = self.reconstruct(images, frozen.mask)
         rows = ops.cls_and_kept_rows(frozen.mask.ids_keep)
         terms, total = {"pixel": pixel}, pixel
         for name, head, target, weight in zip(self.term_names, self.mimic_heads, frozen.targets, self.mimic_weights):
-            mimic = ops.align_loss(head(latent)[None], target, rows, loss=self.cfg.mimic_loss,
-                                   target_norm="layernorm")[0]
+            mimic = self.mimic_loss(head(latent)[None], target, rows)
             terms[name] = mimic
             total = total + weight * mimic
         return MethodOutput(total, terms, frozen.mask)
+
+    def picture(self, images: torch.Tensor, generator: torch.Generator) -> PictureData:
+        """MAE's picture (the mask, the reconstruction), the first teacher's importance in attention mode, each
+        image's total loss, and the cosine similarity of the first teacher's mimic head with its target at the
+        kept patches."""
+        frozen = self.frozen_pass(images, generator)
+        mask = frozen.mask
+        latent, pred = self.decode(images, mask)
+        rows = ops.cls_and_kept_rows(mask.ids_keep)
+        mimics = [head(latent)[None] for head in self.mimic_heads]
+
+        def loss_of(b):
+            total = self.pixel_loss(pred[b], images[b], mask.ids_masked[b])
+            for mimic, target, weight in zip(mimics, frozen.targets, self.mimic_weights):
+                total = total + weight * self.mimic_loss(mimic[:, b], target[:, b], rows[b])
+            return total
+
+        similarity = patch_map(row_cosine(mimics[0][0], frozen.targets[0][0], rows, "layernorm"), rows,
+                               self.student.num_patches)
+        return PictureData(mask, per_image(loss_of, images.shape[0]), frozen.importance,
+                           self.reconstructed_pixels(pred, images, mask), similarity,
+                           f"last level of {self.cfg.teachers[0]}")
 
     def step_flops(self) -> StepFlops:
         """MAE's, plus each teacher's forward (the first one's importance in attention mode) with its last block

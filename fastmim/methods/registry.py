@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastmim.data_config import ImageSpec
 
-from . import mae, maskalign, maskdistill, mrmae  # noqa: F401  (each registers its method on import)
+from . import finetune, mae, maskalign, maskdistill, mrmae  # noqa: F401  (each registers its method on import)
 from .base import METHODS, Method
 from .configs import method_name
 

@@ -48,7 +48,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class MetricsWriter:
-    """metrics.jsonl (one object per logged step) and optional TensorBoard, written by rank 0."""
+    """metrics.jsonl (one object per logged step) and optional TensorBoard, written by rank 0: numbers as scalars,
+    a field naming a PNG the run drew (`picture`: pictures/step_N.png) as an image."""
 
     def __init__(self, folder: Path, resume_step: int, tensorboard: bool):
         self.path = Path(folder) / "metrics.jsonl"
@@ -75,6 +76,16 @@ class MetricsWriter:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.tb.add_scalar(key, value, record["step"])
+                elif isinstance(value, str) and value.endswith(".png"):  # a picture the run drew
+                    self.add_picture(key, value, record["step"])
+
+    def add_picture(self, tag: str, path: str, step: int) -> None:
+        """A PNG the run wrote (`path` relative to the run's folder) as a TensorBoard image."""
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(self.path.parent / path) as picture:
+            self.tb.add_image(tag, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
 
     def close(self) -> None:
         self.file.close()

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "loss_curve.png")
-RUN_FOLDERS = ("checkpoints", "tensorboard")
+RUN_FOLDERS = ("checkpoints", "tensorboard", "pictures")
 
 
 def check_output(folder: Path) -> None:

@@ -135,19 +135,26 @@ class Trainer:
         return method
 
     def _evaluators(self) -> list:
-        """What the loop evaluates now and then (metrics.Evaluator): the k-NN monitor, the validation set."""
+        """What the loop evaluates now and then (metrics.Evaluator): the k-NN monitor, the validation set, the
+        pictures."""
         cfg, evaluators = self.cfg, []
         if cfg.eval.train is not None:
             evaluators.append(MonitorEvaluator(self.monitor, cfg.eval.every, self.stop_step,
                                                lambda: self.method.student, self.device, self.autocast))
         if cfg.data.val is not None:
             if not self.method.supports_validation:
-                raise ValueError(f"data.val: {self.method.name} has nothing to validate (a validation set is for "
-                                 "fine-tuning: python -m fastmim.finetune)")
+                raise ValueError(f"data.val: {self.method.name} has nothing to validate (a validation set is for a "
+                                 "method that classifies, e.g. fine-tuning)")
             loader, images = validation_loader(cfg.data, self.loader.classes, self.dist.rank, self.dist.world_size,
                                                cfg.data.val_batch_size)
             evaluators.append(Validation(loader, images, self.method, self.ema, self.steps_per_epoch,
                                          self.stop_step, self.device, self.autocast))
+        from .pictures import picture_evaluator  # train.picture_every: pictures of the method (rank 0 draws)
+
+        pictures = picture_evaluator(cfg, self.method, self.output, self.total_steps, self.device, self.autocast,
+                                     self.dist.is_main)
+        if pictures is not None:
+            evaluators.append(pictures)
         return evaluators
 
     def _wrap(self, method):
@@ -211,7 +218,10 @@ class Trainer:
         processes = dist_utils.gather_objects({"loader": self.loader.state_dict(), "rng": get_rng_state(self.device),
                                                "skipped": self.loader.skipped})
         totals = metrics.totals(sum(p.pop("skipped") for p in processes))
-        extra = {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+        name, kwargs = self.method.student_timm()
+        extra = {"student_timm": {"model": name, "kwargs": kwargs}}
+        if self.ema is not None:
+            extra["ema"] = self.ema.module.state_dict()
         if metrics.best is not None:
             extra["best"] = {"value": metrics.best.value, "step": metrics.best.step}
         state = training_state(method_name=self.method.name, method=self.method.state_dict(),

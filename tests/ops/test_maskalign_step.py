@@ -8,11 +8,12 @@ import torch
 from fastmim import ops
 from fastmim.methods.maskalign import MaskAlign, MaskAlignConfig
 
+from tests.conftest import TINY_IMAGE
 from .helpers import fused
 
 
 def config(**overrides) -> MaskAlignConfig:
-    params = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=4, num_heads=2), img_size=64,
+    params = dict(student="tiny", student_kwargs=dict(embed_dim=64, depth=4, num_heads=2),
                   teacher="vit_tiny_patch16_224", teacher_weights="random", teacher_kwargs=dict(depth=4),
                   fusion="linear", level_weights="top2")
     params.update(overrides)
@@ -37,7 +38,7 @@ def step(model: MaskAlign, images: torch.Tensor, kernels: str):
 def test_one_step_fused_equals_reference(overrides):
     fused()
     torch.manual_seed(0)
-    model = MaskAlign(config(**overrides))
+    model = MaskAlign(config(**overrides), TINY_IMAGE)
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     try:
         out_fused, grads_fused = step(model, images, "fused")

@@ -21,6 +21,9 @@ def test_demo_loss_falls(tmp_path):
     assert done["final_loss"] == logged[-1]
     for name in ("config.yaml", "loss_curve.png", "checkpoints/last.pt"):
         assert (tmp_path / name).is_file(), name
+    pictures = sorted(p.name for p in (tmp_path / "pictures").iterdir())  # every 50 steps and at the end
+    assert pictures == [f"step_{step:06d}.png" for step in (50, 100, 150, 200, 250, 256)]
+    assert [m["step"] for m in metrics(tmp_path)] == [*range(5, 256, 5), 256]  # no logging step added
     assert {"step", "epoch", "loss", "lr", "images_per_sec"} <= metrics(tmp_path)[0].keys()
 
 
