@@ -74,7 +74,7 @@ def _build(cfg: DataConfig, backend: str, rank: int, world_size: int, device) ->
     if backend == "dali":
         if cfg.labels or cfg.augmentation != "pretrain":
             raise ValueError("fine-tuning's labelled batches and its augmentation (timm's RandAugment and random "
-                             "erasing) are not built for DALI: use --data-backend torchvision")
+                             "erasing) are not built for DALI: set data.backend to torchvision or auto")
         from .dali import DaliLoader
 
         return DaliLoader(cfg, rank, world_size, device)

@@ -129,3 +129,17 @@ def test_the_ema_is_validated_alongside_saved_and_resumed_exactly(tmp_path):
     for a, b in zip(whole, parts):
         assert b["val_ema_loss"] == pytest.approx(a["val_ema_loss"], rel=1e-6)
         assert a["val_ema_loss"] != a["val_loss"]  # the average is another model than the trained one
+
+
+def test_dali_is_refused_for_fine_tuning_with_what_to_set(tmp_path):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(tmp_path / "train" / name / f"{i}.png")
+    result = cli("--data", str(tmp_path / "train"), "--set", "data.backend=dali", "--output", str(tmp_path / "run"),
+                 "--batch-size", "4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "set data.backend to torchvision or auto" in result.stderr or "needs NVIDIA DALI" in result.stderr
+    assert not (tmp_path / "run").exists()
