@@ -28,7 +28,7 @@ emulation: $(STAMP)
 	$(PY) tests/emulation/build.py
 
 test: $(STAMP) emulation
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The demo writes outside the checkout, afresh each time (DEMO_OUT=DIR to choose the folder).
 DEMO_OUT ?= $(or $(TMPDIR),/tmp)/fastmim-demo

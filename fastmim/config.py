@@ -55,6 +55,7 @@ class TrainConfig:
     picture_every: int = 0            # steps between pictures of the method (DIR/pictures/step_N.png), and one at
                                       # the end of the schedule; 0: none
     picture_images: int = 4           # the images pictured: a fixed draw from the training data
+    val_every_epochs: int = 1         # epochs between validations on data.val (and one at the end)
 
 
 @dataclass
@@ -231,7 +232,7 @@ MAY_CHANGE_ON_RESUME = (
     "train.max_steps", "train.log_every", "train.checkpoint_every", "train.checkpoint_minutes",
     "train.keep_checkpoints", "train.output", "train.tensorboard", "train.kernels", "train.compile",
     "train.max_nonfinite", "train.device", "train.picture_every", "train.picture_images",
-    "train.epochs",  # training longer: the schedule is recomputed for the new length from the step reached
+    "train.val_every_epochs", "train.epochs",  # training longer: the schedule is recomputed for the new length from the step reached
     "data.workers", "data.pin_memory", "data.dali_hw_decoder_load", "data.dali_prefetch", "data.path",
     "method.attn_backend", "method.teacher_weights",
     "eval.",  # the monitor only reports: it may be added, changed or removed on resume
@@ -241,7 +242,7 @@ MAY_CHANGE_ON_RESUME = (
 MINIMUMS = (
     ("train.epochs", 1, "--epochs"), ("train.max_steps", 1, "--max-steps"), ("train.log_every", 1, None),
     ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 0, None), ("train.max_nonfinite", 1, None),
-    ("train.picture_every", 0, None), ("train.picture_images", 1, None),
+    ("train.picture_every", 0, None), ("train.picture_images", 1, None), ("train.val_every_epochs", 1, None),
     ("optim.accum_steps", 1, None), ("data.batch_size", 1, "--batch-size"), ("data.workers", 0, None),
     ("data.img_size", 1, None), ("optim.warmup_epochs", 0, None), ("optim.min_lr", 0, None),
     ("eval.every", 1, None), ("eval.per_class", 1, None), ("eval.val_per_class", 1, None), ("eval.k", 1, None),

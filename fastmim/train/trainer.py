@@ -147,8 +147,9 @@ class Trainer:
                                  "method that classifies, e.g. fine-tuning)")
             loader, images = validation_loader(cfg.data, self.loader.classes, self.dist.rank, self.dist.world_size,
                                                cfg.data.val_batch_size)
-            evaluators.append(Validation(loader, images, self.method, self.ema, self.steps_per_epoch,
-                                         self.stop_step, self.device, self.autocast))
+            evaluators.append(Validation(loader, images, self.method, self.ema,
+                                         self.steps_per_epoch * cfg.train.val_every_epochs, self.stop_step,
+                                         self.device, self.autocast))
         from .pictures import picture_evaluator  # train.picture_every: pictures of the method (rank 0 draws)
 
         pictures = picture_evaluator(cfg, self.method, self.output, self.total_steps, self.device, self.autocast,

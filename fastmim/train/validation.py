@@ -1,7 +1,7 @@
 """Validation during training (fine-tuning's): top-1, top-5 and loss of the method — and of its EMA copy when
-the run keeps one — on a labelled set, every epoch and at the last step. Every process scores its share of the
-images (rank r takes images r, r + world, …: no padding, so no image counts twice) and one all-reduce sums
-them. A metrics.Evaluator; `best_key` is what best.pt is kept by."""
+the run keeps one — on a labelled set, every train.val_every_epochs epochs (1) and at the last step. Every
+process scores its share of the images (rank r takes images r, r + world, …: no padding, so no image counts
+twice) and one all-reduce sums them. A metrics.Evaluator; `best_key` is what best.pt is kept by."""
 from __future__ import annotations
 
 import time
@@ -13,12 +13,12 @@ import torch.distributed as dist
 class Validation:
     best_key = "val_top1"
 
-    def __init__(self, loader, images: int, method, ema, steps_per_epoch: int, stop_step: int, device, autocast):
+    def __init__(self, loader, images: int, method, ema, every: int, stop_step: int, device, autocast):
         self.loader, self.images, self.method, self.ema = loader, images, method, ema
-        self.steps_per_epoch, self.stop_step, self.device, self.autocast = steps_per_epoch, stop_step, device, autocast
+        self.every, self.stop_step, self.device, self.autocast = every, stop_step, device, autocast  # every: steps
 
     def due(self, step: int) -> bool:
-        return step % self.steps_per_epoch == 0 or step == self.stop_step
+        return step % self.every == 0 or step == self.stop_step
 
     def evaluate(self, step: int) -> dict:
         start = time.perf_counter()

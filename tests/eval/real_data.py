@@ -143,7 +143,8 @@ FINETUNE_EPOCHS = 40  # 100 labelled images, 4 steps an epoch
 FINETUNE_SETS = ["data.batch_size=25", "data.workers=0", f"data.img_size={IMG_SIZE}", f"data.mean={list(MEAN)}",
                  "data.scale=[0.5, 1.0]", "data.hflip=0.0",  # as in pretraining: a digit survives the crop, unflipped
                  f"data.std={list(STD)}", "data.val_batch_size=300", "optim.base_lr=5e-3", "optim.warmup_epochs=5",
-                 "method.layer_decay=0.75", "method.mixup=0.0", "method.cutmix=0.0", "train.log_every=20"]
+                 "method.layer_decay=0.75", "method.mixup=0.0", "method.cutmix=0.0", "train.log_every=20",
+                 f"train.val_every_epochs={FINETUNE_EPOCHS}"]  # scored once, at the end
 
 
 def finetune_args(init: Path | None, data: dict, output: Path) -> list[str]:

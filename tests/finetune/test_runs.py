@@ -143,3 +143,8 @@ def test_dali_is_refused_for_fine_tuning_with_what_to_set(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "set data.backend to torchvision or auto" in result.stderr or "needs NVIDIA DALI" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_validation_every_few_epochs(tmp_path):
+    assert main([*SMALL, "--epochs", "3", "--set", "train.val_every_epochs=2", "--output", str(tmp_path / "run")]) == 0
+    assert [m["step"] for m in metrics(tmp_path / "run") if "val_top1" in m] == [16, 24]  # epoch 2, and the end
