@@ -2,7 +2,9 @@
 # into .venv: torch (the CUDA build the machine's package cache provides), the package in editable mode
 # (building the fastmim._C extension), the test tools and the optional DALI backend. `make test` also builds
 # the test-only SIMT-emulation library (the CUDA kernels compiled for the CPU with ASan and UBSan), through
-# which the tests run every CUDA kernel body.
+# which the tests run every CUDA kernel body. The tests run on every core (pytest-xdist, one worker per core,
+# each test file on one worker; tests/conftest.py gives each worker its share of threads and starts the
+# longest files first).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -28,7 +30,7 @@ emulation: $(STAMP)
 	$(PY) tests/emulation/build.py
 
 test: $(STAMP) emulation
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 # The demo writes outside the checkout, afresh each time (DEMO_OUT=DIR to choose the folder).
 DEMO_OUT ?= $(or $(TMPDIR),/tmp)/fastmim-demo

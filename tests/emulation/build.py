@@ -9,6 +9,7 @@ Loading it needs the ASan runtime first in the process: see `sanitizer_environme
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import shutil
@@ -102,10 +103,12 @@ def build(verbose: bool = False) -> Path:
     if why:
         raise RuntimeError(f"cannot build the SIMT-emulation library: {why}")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "build.ninja").write_text(ninja_file(*flags()))
-    ninja = shutil.which("ninja") or str(Path(sys.executable).parent / "ninja")
-    jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 2))
-    result = subprocess.run([ninja, "-C", str(OUT), "-j", jobs], capture_output=not verbose, text=True)
+    with open(OUT / "build.lock", "w") as lock:  # test workers running in parallel build it one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (OUT / "build.ninja").write_text(ninja_file(*flags()))
+        ninja = shutil.which("ninja") or str(Path(sys.executable).parent / "ninja")
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 2))
+        result = subprocess.run([ninja, "-C", str(OUT), "-j", jobs], capture_output=not verbose, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"building {LIBRARY} failed:\n{result.stdout}\n{result.stderr}")
     return LIBRARY
