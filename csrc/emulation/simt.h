@@ -32,6 +32,7 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -109,7 +110,11 @@ struct Block {
   unsigned threads = 0;
   std::vector<Warp> warps;
   std::mutex mutex;
-  std::condition_variable changed;
+  std::condition_variable changed;  // __syncthreads waiters
+  // The lanes waiting in a warp exchange, one variable per warp: waking only the warp concerned, not all the
+  // threads of the block, keeps a warp reduction from costing a wake-up of every thread.
+  std::unique_ptr<std::condition_variable[]> warp_changed;
+  size_t warp_variables = 0;
   bool aborted = false;
   std::exception_ptr error;
   // __syncthreads
@@ -124,6 +129,10 @@ struct Block {
     threads = block_threads;
     warps.assign((threads + kWarpSize - 1) / kWarpSize, Warp{});
     if (threads % kWarpSize) warps.back().lanes = threads % kWarpSize;
+    if (warp_variables != warps.size()) {  // the first block of a launch: no thread waits yet
+      warp_changed = std::make_unique<std::condition_variable[]>(warps.size());
+      warp_variables = warps.size();
+    }
     arrived = exited = 0;
     generation = 0;
     static_offsets.clear();
@@ -137,7 +146,12 @@ struct Block {
     std::lock_guard<std::mutex> lock(mutex);
     if (!error) error = e;
     aborted = true;
+    notify_everyone();
+  }
+
+  void notify_everyone() {
     changed.notify_all();
+    for (size_t i = 0; i < warp_variables; ++i) warp_changed[i].notify_all();
   }
 };
 
@@ -225,7 +239,8 @@ inline std::array<uint64_t, kWarpSize> exchange(uint32_t mask, uint64_t bits, co
   std::unique_lock<std::mutex> lock(b.mutex);
   throw_if_aborted(b);
   check_mask(w, mask, what);
-  b.changed.wait(lock, [&] { return b.aborted || !w.draining; });  // the previous exchange is still being read
+  std::condition_variable& changed = b.warp_changed[self.warp];
+  changed.wait(lock, [&] { return b.aborted || !w.draining; });  // the previous exchange is still being read
   throw_if_aborted(b);
   if (w.deposited == 0) {
     w.mask = mask;
@@ -237,9 +252,9 @@ inline std::array<uint64_t, kWarpSize> exchange(uint32_t mask, uint64_t bits, co
   if (w.deposited == w.mask) {
     w.draining = true;
     w.readers = static_cast<unsigned>(std::popcount(w.mask));
-    b.changed.notify_all();
+    changed.notify_all();
   } else {
-    b.changed.wait(lock, [&] { return b.aborted || w.draining || (w.mask & w.exited & ~w.deposited); });
+    changed.wait(lock, [&] { return b.aborted || w.draining || (w.mask & w.exited & ~w.deposited); });
     throw_if_aborted(b);
     if (!w.draining) {
       fault(what, ": the mask 0x", std::hex, w.mask, std::dec, " names lane ",
@@ -250,7 +265,7 @@ inline std::array<uint64_t, kWarpSize> exchange(uint32_t mask, uint64_t bits, co
   if (--w.readers == 0) {
     w.draining = false;
     w.deposited = w.mask = 0;
-    b.changed.notify_all();
+    changed.notify_all();
   }
   return values;
 }
@@ -398,7 +413,8 @@ inline void run(const char* name, dim3 grid, dim3 block, size_t dynamic_bytes, s
         std::lock_guard<std::mutex> lock(b.mutex);
         ++b.exited;
         b.warps[self.warp].exited |= 1u << self.lane;
-        b.changed.notify_all();
+        b.changed.notify_all();  // a thread waiting at __syncthreads learns that this one will never come
+        b.warp_changed[self.warp].notify_all();  // and a lane waiting in an exchange that names it
       }
       between_blocks.arrive_and_wait();
     }
